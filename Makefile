@@ -1,0 +1,17 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv as needed.
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/llmkit demo
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/transformers_overhead.py --tokens 64 --repeats 5 --out benchmarks/results/transformers_overhead.json

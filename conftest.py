@@ -1,0 +1,26 @@
+"""Fixtures shared by the core tests and every plugin's tests."""
+
+from __future__ import annotations
+
+import pytest
+
+import llmkit
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    from llmkit.testing import tiny_model
+
+    return str(tiny_model(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    with llmkit.load("transformers", tiny_model_dir) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    with llmkit.load("transformers", llmkit.DEFAULT_MODEL) as engine:
+        yield engine

@@ -1,0 +1,86 @@
+"""llmkit: one interface over the engines people use to self-host open LLMs.
+
+    import llmkit
+    with llmkit.load("transformers", model="smollm2-135m-instruct") as engine:
+        print(engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text)
+
+No backend library is imported until a backend is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmkit.catalog import DEFAULT_MODEL
+from llmkit.engine import Engine, EngineOptions
+from llmkit.errors import (
+    BackendNotFoundError,
+    BackendUnavailableError,
+    ConfigError,
+    EngineClosedError,
+    EngineError,
+    InvalidRequestError,
+    LLMKitError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    TuneError,
+    UnsupportedFeatureError,
+)
+from llmkit.hookspecs import hookimpl
+from llmkit.plugins import BackendSpec
+from llmkit.types import (
+    Capabilities,
+    Choice,
+    Completion,
+    EngineStats,
+    Grammar,
+    JsonSchema,
+    Message,
+    Quantization,
+    Regex,
+    Request,
+    SamplingParams,
+    StreamChunk,
+    Usage,
+    greedy,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendNotFoundError", "BackendSpec", "BackendUnavailableError", "Capabilities", "Choice", "Completion",
+    "ConfigError", "DEFAULT_MODEL", "Engine", "EngineClosedError", "EngineError", "EngineOptions", "EngineStats",
+    "Grammar", "InvalidRequestError", "JsonSchema", "LLMKitError", "Message", "ModelNotFoundError",
+    "PromptTooLongError", "Quantization", "Regex", "Request", "SamplingParams", "StreamChunk", "TuneError",
+    "UnsupportedFeatureError", "Usage", "backends", "greedy", "hookimpl", "load", "load_config",
+]
+
+
+def backends() -> dict[str, BackendSpec]:
+    """Installed engine backends by name (nothing is imported)."""
+    from llmkit.plugins import engines
+
+    return engines()
+
+
+def load(backend: str, model: str = DEFAULT_MODEL, **engine_options: Any) -> Engine:
+    """Load `model` on `backend`. `engine_options` are the backend's own, validated by its Options."""
+    from llmkit.plugins import get_backend
+
+    spec = get_backend(backend)
+    engine_class = spec.load_class()
+    try:
+        return engine_class(model, **engine_options)
+    except ImportError as exc:
+        raise BackendUnavailableError(backend, f"{type(exc).__name__}: {exc}", spec.install_hint) from exc
+
+
+def load_config(path: str | Path, **overrides: Any) -> Engine:
+    """Load the engine a config file describes; keyword overrides replace its options."""
+    from llmkit.config import read_config
+
+    config = read_config(path)
+    engine = load(config.backend, config.model, **{**config.options, **overrides})
+    engine.default_params = config.sampling
+    return engine

