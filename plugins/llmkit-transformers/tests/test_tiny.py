@@ -162,13 +162,13 @@ def test_multibyte_text_is_never_split_in_a_stream(tiny_engine):
     text = "naïve 😀 中文"
     ids = tokenizer(text).input_ids
     assert len(ids) > len(text) - 3  # several tokens per multi-byte character
-    from llmkit_transformers.engine import _Row
+    from llmkit.decoding import DecodeState
 
-    row = _Row(0, 0, [1], None)
+    state = DecodeState([1], greedy(max_tokens=100), tiny_engine._decode_text, 512)
     pieces = []
-    for token in ids:
-        row.out_ids.append(token)
-        pieces.append(tiny_engine._detokenize(row))
+    for i, token in enumerate(ids):
+        state.append(token, now=float(i))
+        pieces.append(state.take_chunk().text)
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
 

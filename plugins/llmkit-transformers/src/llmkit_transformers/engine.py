@@ -12,26 +12,16 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from llmkit.catalog import hf_folder
+from llmkit.decoding import DecodeState, top_logprobs
 from llmkit.engine import Engine, EngineOptions
 from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_errors
-from llmkit.types import (
-    Capabilities,
-    Completion,
-    FinishReason,
-    Quantization,
-    Request,
-    RequestMetrics,
-    SamplingParams,
-    StreamChunk,
-    TokenLogprob,
-    Usage,
-)
+from llmkit.types import Capabilities, Completion, Quantization, Request, SamplingParams, StreamChunk
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
 
@@ -56,22 +46,11 @@ class TransformersOptions(EngineOptions):
 
 @dataclass
 class _Row:
-    """One sequence being decoded."""
+    """One sequence being decoded: llmkit's shared state plus what this engine adds."""
 
-    prompt_index: int
-    index: int
-    prompt_ids: list[int]
+    state: DecodeState
     generator: Any
     matcher: Any = None
-    out_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    prefix_offset: int = 0
-    read_offset: int = 0
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: FinishReason | None = None
-    stop_reason: str | int | None = None
-    ttft: float | None = None
-    e2e: float | None = None
 
 
 class TransformersEngine(Engine):
@@ -174,11 +153,13 @@ class TransformersEngine(Engine):
                 # Seeded rows depend only on (seed, sample index): the same prompt and seed give the
                 # same text whatever else is in the batch.
                 seed = hash((params.seed, index)) & (2**63 - 1) if params.seed is not None else random.getrandbits(63)
-                generator = torch.Generator(device=self.device).manual_seed(seed)
-                matcher = self._grammars.matcher(compiled) if compiled is not None else None
-                rows.append(_Row(prompt_index, index, ids, generator, matcher, prefix_offset=0, read_offset=0,
-                                 logprobs=[] if params.logprobs is not None else None))
+                state = DecodeState(ids, params, self._decode_text, self._context, prompt_index=prompt_index, index=index)
+                rows.append(_Row(state, torch.Generator(device=self.device).manual_seed(seed),
+                                 self._grammars.matcher(compiled) if compiled is not None else None))
         return rows
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
         rows = self._rows(requests, params)
@@ -187,49 +168,18 @@ class TransformersEngine(Engine):
             for first in range(0, len(rows), self.options.max_batch_size):
                 for _ in self._decode(rows[first : first + self.options.max_batch_size], params, start):
                     pass
-        return [self._completion(row) for row in rows]
+        return [row.state.completion() for row in rows]
 
     def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]:
         rows = self._rows([request], params)  # compiles the constraint now: errors surface at the call
         return self._stream_rows(rows[0], params)
 
     def _stream_rows(self, row: _Row, params: SamplingParams) -> Iterator[StreamChunk]:
-        emitted_text = 0
-        emitted_tokens = 0
-        longest_stop = max((len(s) for s in params.stop), default=0)
         with self._lock:
             for _ in self._decode([row], params, time.perf_counter()):
-                text_end = len(row.text)
-                if row.finish_reason is None and longest_stop:
-                    text_end -= _held_back(row.text, params.stop)  # a stop string may be starting
-                new_tokens = row.out_ids[emitted_tokens:]
-                if not new_tokens and text_end <= emitted_text and row.finish_reason is None:
-                    continue
-                chunk = StreamChunk(
-                    text=row.text[emitted_text:text_end] if text_end > emitted_text else "",
-                    token_ids=new_tokens,
-                    logprobs=row.logprobs[emitted_tokens:] if row.logprobs is not None else None,
-                )
-                emitted_text = max(emitted_text, text_end)
-                emitted_tokens = len(row.out_ids)
-                if row.finish_reason is not None:
-                    chunk.finish_reason = row.finish_reason
-                    chunk.stop_reason = row.stop_reason
-                    chunk.usage = Usage(prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.out_ids))
-                yield chunk
-
-    def _completion(self, row: _Row) -> Completion:
-        return Completion(
-            text=row.text,
-            token_ids=row.out_ids,
-            finish_reason=row.finish_reason or "abort",
-            stop_reason=row.stop_reason,
-            usage=Usage(prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.out_ids)),
-            logprobs=row.logprobs,
-            prompt_index=row.prompt_index,
-            index=row.index,
-            metrics=RequestMetrics(source="engine", ttft=row.ttft, e2e=row.e2e),
-        )
+                chunk = row.state.take_chunk()
+                if chunk is not None:
+                    yield chunk
 
     def _decode(self, rows: list[_Row], params: SamplingParams, start: float) -> Iterator[None]:
         """Decode `rows` together until each finishes; yields after every step. Finished rows leave
@@ -240,15 +190,16 @@ class TransformersEngine(Engine):
 
         torch = self._torch
         device = self.device
-        width = max(len(r.prompt_ids) for r in rows)
+        width = max(len(r.state.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):  # left padding
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids) :] = 1
+            prompt = row.state.prompt_ids
+            input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_tensors = [torch.tensor(r.prompt_ids, device=device) for r in rows]
+        prompt_tensors = [torch.tensor(r.state.prompt_ids, device=device) for r in rows]
         cache = DynamicCache(config=self.hf_model.config)
         active = list(range(len(rows)))
         bitmask = self._grammars.allocate_bitmask(len(rows)) if params.constraint is not None else None
@@ -266,7 +217,7 @@ class TransformersEngine(Engine):
                 logits = out.logits[:, -1, :].float()
                 live = [rows[i] for i in active]
                 raw_logprobs = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
-                apply_penalties(logits, params, [prompt_tensors[i] for i in active], [r.out_ids for r in live])
+                apply_penalties(logits, params, [prompt_tensors[i] for i in active], [r.state.out_ids for r in live])
                 if bitmask is not None:
                     for j, row in enumerate(live):
                         row.matcher.fill_next_token_bitmask(bitmask, j)
@@ -278,8 +229,17 @@ class TransformersEngine(Engine):
 
                 keep = []
                 for j, (row, token) in enumerate(zip(live, tokens)):
-                    self._append(row, token, params, raw_logprobs[j] if raw_logprobs is not None else None, now)
-                    if row.finish_reason is None:
+                    logprob = None
+                    if raw_logprobs is not None:
+                        logprob = top_logprobs(raw_logprobs[j], token, params.logprobs, self._token_text)
+                    ends, rejected = False, False
+                    if row.matcher is not None:
+                        rejected = not row.matcher.accept_token(token)
+                        ends = not rejected and row.matcher.is_terminated()
+                    else:
+                        ends = token in self._eos_ids and not params.ignore_eos
+                    row.state.append(token, now, logprob=logprob, ends=ends, rejected=rejected)
+                    if not row.state.finished:
                         keep.append(j)
                 yield
                 if len(keep) < len(active):
@@ -294,63 +254,5 @@ class TransformersEngine(Engine):
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
                 positions = positions[:, -1:] + 1
 
-    def _append(self, row: _Row, token: int, params: SamplingParams, logprobs: Any, now: float) -> None:
-        """Add one sampled token to a row: text, logprobs, and whether the row is done."""
-        row.out_ids.append(token)
-        if row.ttft is None:
-            row.ttft = now
-        if logprobs is not None:
-            top = {}
-            if params.logprobs:
-                values, ids = logprobs.topk(params.logprobs)
-                top = {int(i): min(0.0, float(v)) for i, v in zip(ids, values)}
-            row.logprobs.append(
-                TokenLogprob(token_id=token, token=self.tokenizer.decode([token]), logprob=min(0.0, float(logprobs[token])), top=top)
-            )
-        old_len = len(row.text)
-        row.text += self._detokenize(row)
-        if row.matcher is not None:
-            if not row.matcher.accept_token(token):
-                row.finish_reason, row.stop_reason = "error", token
-            elif row.matcher.is_terminated():
-                row.finish_reason, row.stop_reason = "stop", token
-        elif token in self._eos_ids and not params.ignore_eos:
-            row.finish_reason, row.stop_reason = "stop", token
-        if params.stop and row.finish_reason is None:
-            search_from = max(0, old_len - max(len(s) for s in params.stop) + 1)
-            hits = [(row.text.find(s, search_from), s) for s in params.stop]
-            hits = [(pos, s) for pos, s in hits if pos >= 0]
-            if hits:
-                pos, stop = min(hits)
-                row.text = row.text[:pos]
-                row.finish_reason, row.stop_reason = "stop", stop
-        if row.finish_reason is None and (
-            len(row.out_ids) >= params.max_tokens or len(row.prompt_ids) + len(row.out_ids) >= self._context
-        ):
-            row.finish_reason = "length"
-        if row.finish_reason is not None:
-            row.e2e = now
-            if not isinstance(row.stop_reason, str):  # flush a character still waiting for bytes
-                row.text += self._detokenize(row, final=True)
-
-    def _detokenize(self, row: _Row, final: bool = False) -> str:
-        """Incremental detokenization: the new text since the last call, holding back an incomplete
-        UTF-8 character (decoded as U+FFFD) until its remaining bytes arrive, or until `final`."""
-        decode = self.tokenizer.decode
-        prefix_text = decode(row.out_ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
-        new_text = decode(row.out_ids[row.prefix_offset :], skip_special_tokens=True)
-        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
-            row.prefix_offset, row.read_offset = row.read_offset, len(row.out_ids)
-            return new_text[len(prefix_text) :]
-        return ""
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
