@@ -24,3 +24,10 @@ def tiny_engine(tiny_model_dir):
 def smollm2_engine():
     with llmkit.load("transformers", llmkit.DEFAULT_MODEL) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def llamacpp_engine():
+    pytest.importorskip("llama_cpp")
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL) as engine:
+        yield engine

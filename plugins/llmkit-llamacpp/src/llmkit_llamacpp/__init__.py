@@ -1,0 +1,17 @@
+"""llmkit adapter for llama.cpp (through llama-cpp-python): GGUF models on the CPU."""
+
+import llmkit
+from llmkit.plugins import BackendSpec
+
+
+@llmkit.hookimpl
+def register_engines(register):
+    register(
+        BackendSpec(
+            name="llamacpp",
+            target="llmkit_llamacpp.engine:LlamaCppEngine",
+            requires=("llama_cpp",),
+            install_hint="pip install llmkit-llamacpp (compiles llama.cpp; see scripts/setup.sh for CMAKE_ARGS)",
+            description="llama.cpp (llama-cpp-python) on GGUF files; GBNF guided decoding",
+        )
+    )

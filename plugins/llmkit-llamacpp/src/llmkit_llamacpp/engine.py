@@ -1,0 +1,269 @@
+"""llama.cpp through llama-cpp-python, driving `Llama.generate` token by token.
+
+`create_completion` would hide token ids and decide stops itself; the token-level generator lets llmkit
+apply the same stop-string, detokenization and chunk logic as every engine (`llmkit.decoding`), read
+logprobs straight from the context's logits, and report prefix-cache reuse.
+
+SamplingParams → llama.cpp (checked against llama_cpp/llama.py 0.3.36, `Llama._init_sampler`):
+    temperature        → temp (0 → greedy sampler)
+    top_k              → top_k (0 disables, as in llmkit)
+    top_p, min_p       → top_p, min_p; typical_p fixed at 1.0 (off), mirostat off
+    repetition_penalty → repeat_penalty  } llama.cpp penalises the tokens *generated* in the window
+    presence_penalty   → present_penalty } `penalty_last_n` (llmkit sets -1: the whole context), not
+    frequency_penalty  → freq_penalty    } the prompt; vLLM's repetition penalty also counts the prompt.
+    seed               → Llama.set_seed before each sequence (n > 1: one derived seed per sample)
+    constraint         → a GBNF grammar sampler: choice/regex compiled by llmkit.grammars, JSON schema by
+                         llama.cpp's own converter, grammar as given; each is parsed by llama.cpp first
+    ignore_eos         → end-of-generation tokens do not end the sequence (vLLM's meaning)
+    stop, max_tokens, logprobs, n → handled by llmkit's decode state around the generator
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import Field
+
+from llmkit.catalog import gguf_path
+from llmkit.decoding import DecodeState, top_logprobs
+from llmkit.engine import Engine, EngineOptions
+from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
+from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
+from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, Regex, Request, SamplingParams, StreamChunk
+
+MAX_DEFAULT_CONTEXT = 8192
+
+
+class LlamaCppOptions(EngineOptions):
+    n_ctx: int | None = Field(
+        None, ge=16, description=f"Context length; default: the model's, at most {MAX_DEFAULT_CONTEXT}. llama.cpp rounds it up to a multiple of 256."
+    )
+    prefix_caching: bool = Field(
+        True,
+        description="Reuse the KV cache of the previous prompt's common prefix. Measured on SmolLM2 Q4_1: the re-evaluated "
+        "suffix runs through other kernels, so greedy output can differ from a cold run; False makes greedy repeatable.",
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per step.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
+    flash_attn: bool = False
+    use_mmap: bool = True
+    chat_template: str | None = Field(None, description="Jinja chat template; default: the GGUF's own.")
+    verbose: bool = False
+
+
+class LlamaCppEngine(Engine):
+    backend = "llamacpp"
+    capabilities_ = Capabilities(
+        backend="llamacpp",
+        constraints=frozenset({"choice", "regex", "json_schema", "grammar"}),
+        quantization=("gguf",),
+        prefix_caching=True,
+        batch_invariant_greedy=True,  # one sequence at a time: there is no batch to vary with
+        devices=("cpu",),
+    )
+    Options = LlamaCppOptions
+
+    def _start(self) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        opts = self.options
+        path = str(gguf_path(self.model))
+        n_ctx = opts.n_ctx or 0  # 0: the model's training context, capped below
+        with map_engine_errors(self.backend, {ValueError: EngineStartupError}):
+            llm = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_threads=opts.n_threads or os.cpu_count(),
+                n_batch=opts.n_batch,
+                n_gpu_layers=opts.n_gpu_layers,
+                flash_attn=opts.flash_attn,
+                use_mmap=opts.use_mmap,
+                last_n_tokens_size=-1,
+                verbose=opts.verbose,
+            )
+            if opts.n_ctx is None and llm.n_ctx() > MAX_DEFAULT_CONTEXT:
+                llm.close()
+                llm = llama_cpp.Llama(
+                    model_path=path, n_ctx=MAX_DEFAULT_CONTEXT, n_threads=opts.n_threads or os.cpu_count(),
+                    n_batch=opts.n_batch, n_gpu_layers=opts.n_gpu_layers, flash_attn=opts.flash_attn,
+                    use_mmap=opts.use_mmap, last_n_tokens_size=-1, verbose=opts.verbose,
+                )
+        self.llm = llm
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        template = opts.chat_template or llm.metadata.get("tokenizer.chat_template")
+        self._chat = None
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._chat = Jinja2ChatFormatter(
+                template,
+                eos_token=llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else "",
+                bos_token=llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else "",
+                add_generation_prompt=True,
+            )
+        self._lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.n_ctx()
+
+    def _close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()
+
+    # ---- tokens and text -------------------------------------------------------------------------
+
+    def _encode(self, request: Request) -> list[int]:
+        if request.messages is not None:
+            if self._chat is None:
+                raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")
+            text = self._chat(messages=[m.model_dump() for m in request.messages]).prompt
+            return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        return self.llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
+
+    def _count_tokens(self, request: Request) -> int:
+        return len(self._encode(request))
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    # ---- constraints -----------------------------------------------------------------------------
+
+    def _grammar(self, constraint: Choice | Regex | JsonSchema | Grammar | None) -> Any:
+        if constraint is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        try:
+            if isinstance(constraint, Choice):
+                text = choice_gbnf(constraint.choices)
+            elif isinstance(constraint, Regex):
+                text = regex_gbnf(constraint.pattern)
+            elif isinstance(constraint, JsonSchema):
+                text = json_schema_to_gbnf(json.dumps(constraint.schema_))
+            else:
+                text = constraint.grammar
+        except RegexNotExpressible as exc:
+            raise UnsupportedFeatureError(self.backend, "constraint:regex", str(exc)) from exc
+        except Exception as exc:  # llama.cpp's schema converter raises plain exceptions for what it lacks
+            raise UnsupportedFeatureError(self.backend, f"constraint:{constraint.kind}", f"{type(exc).__name__}: {exc}") from exc
+        # llama.cpp's sampler init returns NULL for a grammar it cannot parse, and llama-cpp-python would
+        # add that NULL to the sampler chain: parse it once here and refuse it cleanly.
+        probe = self._llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
+        if not probe:
+            raise InvalidRequestError(
+                f"llama.cpp cannot parse the {constraint.kind} constraint's grammar", parameter=f"constraint.{constraint.kind}", value=text[:200]
+            )
+        self._llama_cpp.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(text, verbose=False)
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
+        grammar = self._grammar(params.constraint)
+        prompts = [self._encode(r) for r in requests]
+        states = []
+        with self._lock:
+            for prompt_index, ids in enumerate(prompts):
+                for index in range(params.n):
+                    state = DecodeState(ids, params, self._decode_text, self.context_length, prompt_index=prompt_index, index=index)
+                    for _ in self._decode(state, grammar, time.perf_counter()):
+                        pass
+                    states.append(state)
+        return [s.completion() for s in states]
+
+    def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]:
+        grammar = self._grammar(params.constraint)  # errors surface at the call, not at the first next()
+        state = DecodeState(self._encode(request), params, self._decode_text, self.context_length)
+        return self._stream_state(state, grammar)
+
+    def _stream_state(self, state: DecodeState, grammar: Any) -> Iterator[StreamChunk]:
+        with self._lock:
+            for _ in self._decode(state, grammar, time.perf_counter()):
+                chunk = state.take_chunk()
+                if chunk is not None:
+                    yield chunk
+
+    def _decode(self, state: DecodeState, grammar: Any, start: float) -> Iterator[None]:
+        params, llm = state.params, self.llm
+        seed = (hash((params.seed, state.index)) if params.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
+        llm.set_seed(seed)
+        if not self.options.prefix_caching:
+            llm.reset()
+        state.cached_tokens = self._reusable_prefix(state.prompt_ids)
+        tokens = llm.generate(
+            state.prompt_ids,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            typical_p=1.0,
+            temp=params.temperature,
+            repeat_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            tfs_z=1.0,
+            mirostat_mode=0,
+            reset=True,
+            grammar=grammar,
+        )
+        try:
+            with map_engine_errors(self.backend):
+                for token in tokens:
+                    logprob = None
+                    if params.logprobs is not None:
+                        logprob = top_logprobs(self._last_logprobs(), token, params.logprobs, self._token_text)
+                    state.append(token, time.perf_counter() - start, logprob=logprob,
+                                 ends=self._is_eog(token) and not params.ignore_eos)
+                    yield
+                    if state.finished:
+                        break
+        finally:
+            tokens.close()
+            state.abort(time.perf_counter() - start)
+
+    def _reusable_prefix(self, prompt: list[int]) -> int:
+        """Prompt tokens llama-cpp-python will take from its KV cache (its rule in `Llama.generate`)."""
+        llm = self.llm
+        if llm.n_tokens == 0:
+            return 0
+        common = 0
+        for a, b in zip(llm._input_ids[: llm.n_tokens], prompt):
+            if a != b:
+                break
+            common += 1
+        return common - 1 if common == len(prompt) and common > 0 else common
+
+    def _last_logprobs(self):
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self._n_vocab,)).astype(np.float64)
+        shifted = logits - logits.max()
+        return shifted - np.log(np.exp(shifted).sum())
+
+    def _engine_metrics(self) -> dict[str, Any]:
+        """llama.cpp's own counters since the context was created (llama_perf_context)."""
+        perf = self._llama_cpp.llama_perf_context(self.llm._ctx.ctx)
+        return {
+            "prompt_eval_ms": perf.t_p_eval_ms,
+            "prompt_eval_tokens": perf.n_p_eval,
+            "eval_ms": perf.t_eval_ms,
+            "eval_tokens": perf.n_eval,
+            "reused_prompt_tokens": getattr(perf, "n_reused", None),
+        }
