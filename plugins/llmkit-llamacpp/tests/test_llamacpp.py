@@ -119,6 +119,13 @@ def test_unparseable_grammar_and_inexpressible_regex(llamacpp_engine):
     assert len(llamacpp_engine.generate("x", greedy(max_tokens=2, ignore_eos=True))[0].token_ids) == 2
 
 
+def test_json_schema_keywords_llamacpp_cannot_enforce_are_refused(llamacpp_engine):
+    schema = {"type": "object", "properties": {"age": {"type": "integer", "maximum": 120}}, "$defs": {"x": {"multipleOf": 2}}}
+    with pytest.raises(llmkit.UnsupportedFeatureError) as info:
+        llamacpp_engine.generate("x", greedy(constraint=JsonSchema(schema=schema)))
+    assert "#/properties/age/maximum" in str(info.value) and "#/$defs/x/multipleOf" in str(info.value)
+
+
 def test_multibyte_stream(llamacpp_engine):
     chunks = list(llamacpp_engine.stream("Translate to Japanese: good morning →", greedy(max_tokens=24, ignore_eos=True)))
     assert all("\ufffd" not in c.text for c in chunks[:-1])

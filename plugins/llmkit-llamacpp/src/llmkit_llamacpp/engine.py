@@ -40,6 +40,33 @@ from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, 
 
 MAX_DEFAULT_CONTEXT = 8192
 
+# What llama-cpp-python's JSON-schema converter (llama_cpp/llama_grammar.py, SchemaConverter) enforces,
+# plus annotations that constrain nothing. Anything else (minimum, maximum, multipleOf, ...) would be
+# dropped silently by the converter, so a schema using it is refused.
+SCHEMA_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "format", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+    "definitions", "title", "description", "$schema", "$id", "default", "examples", "$comment",
+}
+SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def unsupported_schema_keywords(schema: Any, path: str = "#") -> list[str]:
+    """JSON-pointer-like paths of keywords the converter would not enforce."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{path}/{key}" for key in schema if key not in SCHEMA_KEYWORDS]
+    for key in SUBSCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items():
+            found += unsupported_schema_keywords(sub, f"{path}/{key}/{name}")
+    for key in SUBSCHEMA_LISTS:
+        for i, sub in enumerate(schema.get(key) or []):
+            found += unsupported_schema_keywords(sub, f"{path}/{key}/{i}")
+    for key in ("items", "additionalProperties"):
+        found += unsupported_schema_keywords(schema.get(key), f"{path}/{key}")
+    return found
+
 
 class LlamaCppOptions(EngineOptions):
     n_ctx: int | None = Field(
@@ -157,6 +184,11 @@ class LlamaCppEngine(Engine):
             elif isinstance(constraint, Regex):
                 text = regex_gbnf(constraint.pattern)
             elif isinstance(constraint, JsonSchema):
+                unenforced = unsupported_schema_keywords(constraint.schema_)
+                if unenforced:
+                    raise UnsupportedFeatureError(
+                        self.backend, "constraint:json_schema", f"llama.cpp's converter would not enforce {', '.join(unenforced)}"
+                    )
                 text = json_schema_to_gbnf(json.dumps(constraint.schema_))
             else:
                 text = constraint.grammar

@@ -1,0 +1,77 @@
+"""llmkit's conformance suite: check any registered backend against the interface, measure it, and
+recommend one. Adds `llmkit conformance run | compare | matrix` to the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import llmkit
+
+DEFAULT_REPORTS = Path("conformance/reports")
+
+
+@llmkit.hookimpl
+def register_commands(app):
+    import typer
+    from rich.console import Console
+    from rich.progress import Progress
+
+    group = typer.Typer(help="Check backends against the llmkit interface and compare them.", no_args_is_help=True)
+    console = Console()
+
+    @group.command("run")
+    def run_command(
+        backend: str = typer.Option(..., "--backend", "-b"),
+        model: str = typer.Option(llmkit.DEFAULT_MODEL, "--model", "-m"),
+        option: Optional[list[str]] = typer.Option(None, "--engine-option", "-o", help="KEY=VALUE, repeatable."),
+        checks: Optional[str] = typer.Option(None, help="Comma-separated checks (default: all)."),
+        performance: bool = typer.Option(True, help="Also run the performance workload."),
+        out: Path = typer.Option(DEFAULT_REPORTS, help="Folder for the JSON and Markdown reports."),
+    ) -> None:
+        """Run every check (and the performance workload) on one backend."""
+        from llmkit.cli import _parse_options
+        from llmkit_conformance.checks import CHECKS
+        from llmkit_conformance.runner import run, summary, write
+
+        names = checks.split(",") if checks else list(CHECKS)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{backend}: loading", total=len(names) + int(performance))
+
+            started = []
+
+            def on_progress(name: str) -> None:  # called as each step starts
+                progress.update(task, description=f"{backend}: {name}", advance=1 if started else 0)
+                started.append(name)
+
+            report = run(backend, model, _parse_options(option), checks=names, performance=performance, on_progress=on_progress)
+        json_path, md_path = write(report, out)
+        console.print(md_path.read_text())
+        console.print(f"reports: {json_path}, {md_path}")
+        counts = summary(report)
+        raise typer.Exit(1 if counts["failed"] or counts["error"] else 0)
+
+    @group.command("compare")
+    def compare_command(
+        reports: list[Path] = typer.Argument(..., help="Report JSON files."),
+        metric: str = typer.Option("tpot_ms", help="Tie-breaker after correctness: tpot_ms, ttft_ms or throughput."),
+    ) -> None:
+        """Rank backends: correctness first, then the chosen metric."""
+        from llmkit_conformance.report import compare
+
+        print(compare([json.loads(p.read_text()) for p in reports], metric))
+
+    @group.command("matrix")
+    def matrix_command(
+        reports: Path = typer.Option(DEFAULT_REPORTS, help="Folder of report JSON files."),
+        out: Path = typer.Option(Path("docs/capability-matrix.md")),
+    ) -> None:
+        """Regenerate the capability matrix in docs/ from committed reports."""
+        from llmkit_conformance.report import matrix
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(matrix([json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]))
+        print(f"wrote {out}")
+
+    app.add_typer(group, name="conformance")

@@ -1,0 +1,81 @@
+"""One workload definition for every backend, measured by llmkit on the client side.
+
+Definitions match `vllm bench serve` (docs/conformance.md): TTFT = request start → first token; TPOT =
+(e2e − TTFT)/(output tokens − 1) per request; ITL = gaps between consecutive streamed chunks; output
+throughput = output tokens / wall time of the batch. Prompts carry a distinct numbered prefix so no
+request hits the prefix cache unless the experiment means it to.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import llmkit
+
+FILLER = ("In the early days of computing, programs were written on punched cards and run in batches overnight; "
+          "the results came back the next morning. ")
+
+
+def prompt(i: int, repeats: int = 4) -> str:
+    return f"Request {i}. " + FILLER * repeats + "Continue the story:"
+
+
+def measure(engine: Any, *, requests: int = 5, output_tokens: int = 32, concurrency: tuple[int, ...] = (1, 4, 8),
+            long_prefix_tokens: int = 1024) -> dict[str, Any]:
+    caps = engine.capabilities()
+    params = llmkit.greedy(max_tokens=output_tokens, ignore_eos=caps.supports("ignore_eos"))
+    engine.generate(prompt(-1), params)  # warm-up
+    counter = iter(range(1, 1_000_000))
+
+    engine.reset_stats()
+    for _ in range(requests):
+        for _chunk in engine.stream(prompt(next(counter)), params):
+            pass
+    stats = engine.stats()
+    latency = {
+        "prompt_tokens": engine.count_tokens(prompt(0)),
+        "output_tokens": output_tokens,
+        "ttft_ms": _ms(stats.ttft),
+        "tpot_ms": _ms(stats.tpot),
+        "itl_ms": _ms(stats.itl),
+    }
+
+    throughput = []
+    for c in concurrency:
+        batch = [prompt(next(counter)) for _ in range(c)]
+        start = time.perf_counter()
+        out = engine.generate(batch, params)
+        elapsed = time.perf_counter() - start
+        throughput.append({"concurrency": c, "output_tokens_per_s": sum(len(o.token_ids) for o in out) / elapsed})
+
+    # The seed's long-prefix experiment: the same long prefix twice, the second time (warm) it can
+    # come from the prefix cache; a cold request uses a different prefix of the same length.
+    repeats = max(1, long_prefix_tokens // max(1, engine.count_tokens(FILLER)))
+    repeats = min(repeats, max(1, (engine.context_length - 64) // max(1, engine.count_tokens(FILLER))))
+    short = llmkit.greedy(max_tokens=1)
+
+    def ttft(text: str) -> tuple[float, int | None]:
+        engine.reset_stats()
+        chunks = list(engine.stream(text, short))
+        return engine.stats().ttft.mean * 1000, chunks[-1].usage.cached_tokens if chunks and chunks[-1].usage else None
+
+    shared = "Shared document. " + FILLER * repeats
+    cold_ms, _ = ttft(shared + "Question 1: summarise.")
+    warm_ms, cached = ttft(shared + "Question 2: summarise.")
+    prefix = {"prefix_tokens": engine.count_tokens(shared), "cold_ttft_ms": cold_ms, "warm_ttft_ms": warm_ms,
+              "warm_cached_tokens": cached, "speedup": cold_ms / warm_ms if warm_ms else None}
+
+    return {
+        "latency": latency,
+        "throughput": throughput,
+        "long_prefix": prefix,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "engine_metrics": {k: v for k, v in engine.stats().engine.items() if isinstance(v, (int, float, str)) or v is None},
+    }
+
+
+def _ms(summary) -> dict[str, float | None]:
+    scale = lambda v: None if v is None else v * 1000  # noqa: E731
+    return {"mean": scale(summary.mean), "p50": scale(summary.p50), "p90": scale(summary.p90), "p99": scale(summary.p99)}

@@ -1,0 +1,136 @@
+"""Reports a person can read: one backend (Markdown), several side by side (compare), and the
+capability matrix in docs/ — always generated from report files, never written by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MARK = {"passed": "✓ passed", "failed": "✗ FAILED", "unsupported": "— unsupported", "error": "! error"}
+METRICS = {
+    "tpot_ms": (lambda p: p["latency"]["tpot_ms"]["p50"], "lower", "median TPOT (ms)"),
+    "ttft_ms": (lambda p: p["latency"]["ttft_ms"]["p50"], "lower", "median TTFT (ms)"),
+    "throughput": (lambda p: max(t["output_tokens_per_s"] for t in p["throughput"]), "higher", "best output tok/s"),
+}
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def where(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    return f"{env['device']} · {env['machine']} · {env['library']} {env['library_version']} · {env['date']}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from llmkit_conformance.runner import summary
+
+    counts = summary(report)
+    lines = [
+        f"# Conformance: `{report['backend']}` on `{report['model']}`",
+        "",
+        f"Verified on: {where(report)}. Options: `{report['options'] or {}}`.",
+        "",
+        f"**{counts['passed']} passed, {counts['failed']} failed, {counts['unsupported']} unsupported, {counts['error']} errors.**",
+        "",
+        "| check | result | detail |",
+        "| --- | --- | --- |",
+    ]
+    for r in report["checks"]:
+        detail = r["detail"] or ", ".join(f"{k}={_fmt(v, 2)}" for k, v in r["data"].items() if not isinstance(v, (list, dict)))
+        lines.append(f"| {r['name']} | {MARK[r['status']]} | {detail.replace('|', '/')[:160]} |")
+    perf = report.get("performance")
+    if perf:
+        lat = perf["latency"]
+        lines += [
+            "",
+            f"## Performance (client-side; {lat['prompt_tokens']}-token prompts, {lat['output_tokens']} tokens out, greedy)",
+            "",
+            "| metric | mean | p50 | p90 | p99 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, label in [("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms")]:
+            v = lat[key]
+            lines.append(f"| {label} | {_fmt(v['mean'])} | {_fmt(v['p50'])} | {_fmt(v['p90'])} | {_fmt(v['p99'])} |")
+        lines += ["", "| concurrency | output tok/s |", "| --- | --- |"]
+        lines += [f"| {t['concurrency']} | {_fmt(t['output_tokens_per_s'])} |" for t in perf["throughput"]]
+        lp = perf["long_prefix"]
+        lines += [
+            "",
+            f"Long shared prefix ({lp['prefix_tokens']} tokens): TTFT cold {_fmt(lp['cold_ttft_ms'])} ms, warm "
+            f"{_fmt(lp['warm_ttft_ms'])} ms ({_fmt(lp['speedup'], 2)}×), {_fmt(lp['warm_cached_tokens'])} tokens from the cache. "
+            f"Peak RSS of the measuring process: {_fmt(perf['peak_rss_mib'], 0)} MiB.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:
+    """Rank backends by correctness first (fewest failures and errors, then most passes), then by
+    `metric`, and say why the winner wins."""
+    from llmkit_conformance.runner import summary
+
+    get, better, label = METRICS[metric]
+
+    def metric_of(report):
+        perf = report.get("performance")
+        return get(perf) if perf else None
+
+    def key(report):
+        c = summary(report)
+        value = metric_of(report)
+        sign = 1 if better == "lower" else -1
+        return (c["failed"] + c["error"], -c["passed"], sign * value if value is not None else float("inf"))
+
+    ranked = sorted(reports, key=key)
+    names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
+    header = ["check"] + [f"{r['backend']}" for r in ranked]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name in names:
+        row = [name]
+        for rep in ranked:
+            status = next((r["status"] for r in rep["checks"] if r["name"] == name), None)
+            row.append(MARK[status] if status else "not run")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("| " + " | ".join([f"**{label}**"] + [_fmt(metric_of(r)) for r in ranked]) + " |")
+    best, rest = ranked[0], ranked[1:]
+    c = summary(best)
+    reason = f"**Recommended: `{best['backend']}`** — {c['failed'] + c['error']} failures, {c['passed']} checks passed"
+    if rest:
+        runner_up = rest[0]
+        rc = summary(runner_up)
+        if (rc["failed"] + rc["error"], -rc["passed"]) != (c["failed"] + c["error"], -c["passed"]):
+            reason += f"; `{runner_up['backend']}` has {rc['failed'] + rc['error']} failures and {rc['passed']} passes"
+        else:
+            reason += f"; equally correct as `{runner_up['backend']}`, and better on {label}: {_fmt(metric_of(best))} vs {_fmt(metric_of(runner_up))}"
+    return "\n".join(lines) + "\n\n" + reason + ".\n"
+
+
+def matrix(reports: list[dict[str, Any]]) -> str:
+    """docs/capability-matrix.md: backend × check × where verified, from committed reports."""
+    reports = sorted(reports, key=lambda r: (r["backend"], r["environment"]["device"]))
+    names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
+    cols = [f"{r['backend']} ({'GPU' if r['environment']['device'] != 'cpu' else 'CPU'})" for r in reports]
+    symbol = {"passed": "✓", "failed": "✗", "unsupported": "—", "error": "!"}
+    lines = [
+        "# Capability matrix",
+        "",
+        "Generated by `llmkit conformance matrix` from the reports in `conformance/reports/`; do not edit by hand.",
+        "✓ passed · ✗ failed · — unsupported (refused with UnsupportedFeatureError) · ! the check crashed · blank: not run.",
+        "",
+        "| check | " + " | ".join(cols) + " |",
+        "|" + " --- |" * (len(cols) + 1),
+    ]
+    for name in names:
+        cells = []
+        for rep in reports:
+            status = next((r["status"] for r in rep["checks"] if r["name"] == name), None)
+            cells.append(symbol.get(status, ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Where each column was verified", ""]
+    for col, rep in zip(cols, reports):
+        lines.append(f"- **{col}**, model `{rep['model']}`: {where(rep)}")
+    return "\n".join(lines) + "\n"

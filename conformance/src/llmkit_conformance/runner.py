@@ -1,0 +1,96 @@
+"""Run the suite on one backend and write its report (JSON for machines, Markdown for people)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import llmkit
+from llmkit_conformance.checks import CHECKS, run_check
+
+REPORT_VERSION = 1
+BACKEND_LIBRARIES = {"transformers": "transformers", "llamacpp": "llama-cpp-python", "vllm": "vllm", "sglang": "sglang",
+                     "ollama": "ollama"}
+
+
+def environment(backend: str) -> dict[str, Any]:
+    library = BACKEND_LIBRARIES.get(backend)
+    try:
+        version = importlib.metadata.version(library) if library else None
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    device = "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {
+        "llmkit": llmkit.__version__,
+        "library": library,
+        "library_version": version,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {__import__('os').cpu_count()} cores",
+        "device": device,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def run(backend: str, model: str, options: dict[str, Any] | None = None, *, checks: list[str] | None = None,
+        performance: bool = True, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    names = checks or list(CHECKS)
+    unknown = set(names) - set(CHECKS)
+    if unknown:
+        raise llmkit.InvalidRequestError(f"unknown checks {sorted(unknown)}; known: {sorted(CHECKS)}", parameter="checks")
+    with llmkit.load(backend, model, **(options or {})) as engine:
+        results = []
+        for name in names:
+            if on_progress:
+                on_progress(name)
+            results.append(asdict(run_check(name, engine)))
+        perf = None
+        if performance:
+            if on_progress:
+                on_progress("performance")
+            from llmkit_conformance.performance import measure
+
+            perf = measure(engine)
+        capabilities = json.loads(engine.capabilities().model_dump_json())
+    return {
+        "report_version": REPORT_VERSION,
+        "backend": backend,
+        "model": model,
+        "options": options or {},
+        "environment": environment(backend),
+        "capabilities": capabilities,
+        "checks": results,
+        "performance": perf,
+    }
+
+
+def summary(report: dict[str, Any]) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "unsupported": 0, "error": 0}
+    for result in report["checks"]:
+        counts[result["status"]] += 1
+    return counts
+
+
+def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    from llmkit_conformance.report import markdown
+
+    directory.mkdir(parents=True, exist_ok=True)
+    env = report["environment"]
+    device = "gpu" if env["device"] != "cpu" else "cpu"
+    stem = f"{report['backend']}-{Path(report['model']).name}-{device}"
+    json_path = directory / f"{stem}.json"
+    md_path = directory / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
