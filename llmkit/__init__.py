@@ -46,6 +46,8 @@ from llmkit.types import (
     greedy,
 )
 
+from llmkit.tuner import TuneJob, TuneProgress, TuneResult, Tuner
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "Grammar", "InvalidRequestError", "JsonSchema", "LLMKitError", "Message", "ModelNotFoundError",
     "PromptTooLongError", "Quantization", "Regex", "Request", "SamplingParams", "StreamChunk", "TuneError",
     "UnsupportedFeatureError", "Usage", "backends", "greedy", "hookimpl", "load", "load_config",
+    "TuneJob", "TuneProgress", "TuneResult", "Tuner", "tune",
 ]
 
 
@@ -84,3 +87,10 @@ def load_config(path: str | Path, **overrides: Any) -> Engine:
     engine = load(config.backend, config.model, **{**config.options, **overrides})
     engine.default_params = config.sampling
     return engine
+
+
+def tune(backend: str, job: TuneJob | dict, on_progress=None, **tuner_options: Any) -> TuneResult:
+    """Fine-tune with a registered tuner backend ("trl", "unsloth", ...); the result loads on any engine."""
+    from llmkit.tuner import get_tuner
+
+    return get_tuner(backend, **tuner_options).finetune(job, on_progress)

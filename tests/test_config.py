@@ -56,3 +56,10 @@ def test_bad_engine_option_is_named(tiny_model_dir):
     with pytest.raises(llmkit.InvalidRequestError) as info:
         llmkit.load("transformers", tiny_model_dir, max_batch_sise=3)
     assert info.value.parameter == "max_batch_sise"
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    config = read_config(Path(__file__).resolve().parents[1] / "examples" / "engine.yaml")
+    assert config.backend == "llamacpp" and config.sampling.max_tokens == 128

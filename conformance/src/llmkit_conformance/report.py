@@ -111,9 +111,13 @@ def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:
 
 def matrix(reports: list[dict[str, Any]]) -> str:
     """docs/capability-matrix.md: backend × check × where verified, from committed reports."""
-    reports = sorted(reports, key=lambda r: (r["backend"], r["environment"]["device"]))
+    reports = sorted(reports, key=lambda r: (r["backend"], r["environment"]["device"], sorted(r["options"].items())))
     names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
-    cols = [f"{r['backend']} ({'GPU' if r['environment']['device'] != 'cpu' else 'CPU'})" for r in reports]
+    cols = [
+        f"{r['backend']} ({'GPU' if r['environment']['device'] != 'cpu' else 'CPU'}"
+        + "".join(f", {k}={v}" for k, v in sorted(r["options"].items())) + ")"
+        for r in reports
+    ]
     symbol = {"passed": "✓", "failed": "✗", "unsupported": "—", "error": "!"}
     lines = [
         "# Capability matrix",

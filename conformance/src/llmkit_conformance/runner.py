@@ -89,6 +89,8 @@ def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     env = report["environment"]
     device = "gpu" if env["device"] != "cpu" else "cpu"
     stem = f"{report['backend']}-{Path(report['model']).name}-{device}"
+    if report["options"]:
+        stem += "-" + "-".join(f"{k}={v}" for k, v in sorted(report["options"].items()))
     json_path = directory / f"{stem}.json"
     md_path = directory / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -40,6 +40,7 @@ def test_greedy_repeatable_without_prefix_cache_and_stream_matches(cold_engine):
     a = cold_engine.chat(CHAT, params)
     b = cold_engine.chat(CHAT, params)
     assert a.token_ids == b.token_ids and a.usage.cached_tokens == b.usage.cached_tokens == 0
+    assert not cold_engine.capabilities().prefix_caching
     chunks = list(cold_engine.stream(CHAT, params))
     assert "".join(c.text for c in chunks) == a.text
     assert [t for c in chunks for t in c.token_ids] == a.token_ids

@@ -140,6 +140,9 @@ class LlamaCppEngine(Engine):
             )
         self._lock = threading.Lock()
 
+    def capabilities(self) -> Capabilities:
+        return self.capabilities_.model_copy(update={"prefix_caching": self.options.prefix_caching})
+
     @property
     def context_length(self) -> int:
         return self.llm.n_ctx()
