@@ -81,7 +81,7 @@ def run_demo(console: Console, backend: str | None = None, model: str = llmkit.D
 
         def stream() -> None:
             console.print("  ", end="")
-            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            messages = [{"role": "user", "content": "Name three colours."}]
             for chunk in engine.stream(messages, llmkit.greedy(max_tokens=48)):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
