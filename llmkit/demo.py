@@ -14,25 +14,10 @@ from rich.table import Table
 
 import llmkit
 from llmkit.errors import BackendNotFoundError, BackendUnavailableError
+from llmkit.tasks import FEW_SHOT, LABELS, REVIEWS
 
 # Engines that run in-process on a laptop CPU, fastest first as measured in benchmarks/.
 EMBEDDED_PREFERENCE = ("llamacpp", "transformers")
-
-# A two-shot completion prompt: on a 135M model this is far more reliable than asking in chat.
-FEW_SHOT = (
-    "Review: I loved this film, the acting was wonderful and the story moving.\nSentiment: Positive\n\n"
-    "Review: A dull, badly written mess. I want my money back.\nSentiment: Negative\n\n"
-    "Review: {review}\nSentiment:"
-)
-REVIEWS = [
-    ("An absolute delight from start to finish; I would happily watch it again.", "Positive"),
-    ("The plot made no sense and the characters were boring.", "Negative"),
-    ("Beautiful photography and a clever, funny script.", "Positive"),
-    ("I walked out after half an hour. Terrible.", "Negative"),
-    ("One of the best films I have seen this year.", "Positive"),
-]
-LABELS = llmkit.Choice(choices=[" Positive", " Negative"])
-
 
 def pick_backend() -> str:
     installed = llmkit.backends()

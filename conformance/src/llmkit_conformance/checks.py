@@ -18,18 +18,12 @@ from typing import Any, Literal
 
 import llmkit
 from llmkit import Choice, Grammar, JsonSchema, Regex, SamplingParams, greedy
+from llmkit.tasks import FACTS, FEW_SHOT, LABELS, REVIEWS
 
 Status = Literal["passed", "failed", "unsupported", "error"]
 
 PROMPT = "The three primary colours are"
 CHAT = [{"role": "user", "content": "Name three colours."}]
-FEW_SHOT = (
-    "Review: I loved this film, the acting was wonderful and the story moving.\nSentiment: Positive\n\n"
-    "Review: A dull, badly written mess. I want my money back.\nSentiment: Negative\n\n"
-    "Review: {review}\nSentiment:"
-)
-
-
 @dataclass
 class CheckResult:
     name: str
@@ -303,20 +297,9 @@ def check_bad_inputs(engine) -> dict:
 
 # ---- quality on real text ------------------------------------------------------------------------
 
-REVIEWS = [
-    ("An absolute delight from start to finish; I would happily watch it again.", "Positive"),
-    ("The plot made no sense and the characters were boring.", "Negative"),
-    ("Beautiful photography and a clever, funny script.", "Positive"),
-    ("I walked out after half an hour. Terrible.", "Negative"),
-    ("One of the best films I have seen this year.", "Positive"),
-]
-FACTS = [("What is the capital of France?", "Paris"), ("What is the largest planet in the solar system?", "Jupiter"),
-         ("How many days are in a week?", "seven|7")]
-
-
 @check
 def check_quality_sentiment(engine) -> dict:
-    labels = Choice(choices=[" Positive", " Negative"])
+    labels = LABELS
     _supports(engine, "constraint:choice", greedy(max_tokens=4, constraint=labels))
     out = engine.generate([FEW_SHOT.format(review=r) for r, _ in REVIEWS],
                           greedy(max_tokens=4, constraint=labels))

@@ -8,7 +8,7 @@ import pytest
 
 import llmkit
 from llmkit import Choice, Grammar, JsonSchema, Regex, SamplingParams, greedy
-from llmkit.demo import FEW_SHOT, LABELS, REVIEWS
+from llmkit.tasks import FEW_SHOT, LABELS, REVIEWS
 
 pytestmark = pytest.mark.smollm2
 CHAT = [{"role": "user", "content": "Name three colours."}]
