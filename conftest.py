@@ -31,3 +31,11 @@ def llamacpp_engine():
     pytest.importorskip("llama_cpp")
     with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """One real vLLM engine per test session (start-up is ~25 s on 2 CPU cores with enforce_eager)."""
+    pytest.importorskip("vllm")
+    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048) as engine:
+        yield engine

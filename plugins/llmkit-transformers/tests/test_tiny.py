@@ -250,3 +250,12 @@ def test_bad_inputs_are_refused_before_the_engine_runs(tiny_engine):
         tiny_engine.stream(["a", "b"])
     with pytest.raises(llmkit.InvalidRequestError):
         tiny_engine.chat("not a conversation")
+
+
+def test_token_id_prompts(tiny_engine):
+    ids = tiny_engine.tokenizer(PROMPTS[0]).input_ids
+    by_ids = tiny_engine.generate(llmkit.Request(prompt_token_ids=ids), greedy(max_tokens=6))[0]
+    assert by_ids.token_ids == tiny_engine.generate(PROMPTS[0], greedy(max_tokens=6))[0].token_ids
+    with pytest.raises(llmkit.InvalidRequestError) as info:
+        tiny_engine.generate(llmkit.Request(prompt_token_ids=[10**6]))
+    assert info.value.parameter == "prompt_token_ids"

@@ -155,6 +155,11 @@ class LlamaCppEngine(Engine):
     # ---- tokens and text -------------------------------------------------------------------------
 
     def _encode(self, request: Request) -> list[int]:
+        if request.prompt_token_ids is not None:
+            if max(request.prompt_token_ids) >= self._n_vocab:
+                raise InvalidRequestError(f"token id {max(request.prompt_token_ids)} is outside the vocabulary ({self._n_vocab})",
+                                          parameter="prompt_token_ids", value=max(request.prompt_token_ids))
+            return list(request.prompt_token_ids)
         if request.messages is not None:
             if self._chat is None:
                 raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")
