@@ -170,16 +170,21 @@ def check_batch_matches_single(engine) -> dict:
 
 # Long enough (~700 tokens) to span several KV blocks at any block size (vLLM: 16 on GPU, 128 on CPU);
 # engines cache whole blocks only.
-DOCUMENT = " ".join(f"Shelf {i} holds {i * 7 % 50} red and {i * 3 % 20} blue marbles." for i in range(60))
+def _document(shelves: int) -> str:
+    return " ".join(f"Shelf {i} holds {i * 7 % 50} red and {i * 3 % 20} blue marbles." for i in range(shelves))
 
 
 @check
 def check_prefix_cache(engine) -> dict:
     if not engine.capabilities().prefix_caching:
         raise llmkit.UnsupportedFeatureError(engine.backend, "prefix_caching")
+    shelves = 60
+    while shelves > 4 and engine.count_tokens(_document(shelves)) > engine.context_length - 64:
+        shelves //= 2
+    document = _document(shelves)
     engine.generate("Something unrelated first.", greedy(max_tokens=1))
-    engine.generate(DOCUMENT + "\nHow many red marbles are on shelf 3?", greedy(max_tokens=1))
-    again = engine.generate(DOCUMENT + "\nHow many blue marbles are on shelf 5?", greedy(max_tokens=1))[0]
+    engine.generate(document + "\nHow many red marbles are on shelf 3?", greedy(max_tokens=1))
+    again = engine.generate(document + "\nHow many blue marbles are on shelf 5?", greedy(max_tokens=1))[0]
     cached = again.usage.cached_tokens
     require(cached is not None and cached > 0.5 * again.usage.prompt_tokens,
             f"second prompt sharing a long prefix reports {cached} cached of {again.usage.prompt_tokens} tokens")
