@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (see benchmarks/gpu/README.md). Usage: bash benchmarks/gpu/run.sh test|bench
+# Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+export PYTHONPATH=/tmp/site:$root:$root/plugins/llmkit-vllm/src:$root/plugins/llmkit-transformers/src:$root/conformance/src
+# No distribution is installed there, so plugins are named explicitly instead of found by entry point.
+export LLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 LLMKIT_PLUGINS=llmkit_vllm,llmkit_transformers,llmkit_conformance
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+case "${1:-}" in
+  test)
+    python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" 2>&1 | tail -40 | tee "$OUT/vllm-tests.txt"
+    python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance.txt" 2>&1
+    tail -45 "$OUT/conformance.txt"
+    ;;
+  bench)
+    python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" 2>&1 | grep -v -E "^\(|INFO|WARNING" | tail -30
+    ;;
+  *) echo "usage: run.sh test|bench" >&2; exit 2 ;;
+esac
