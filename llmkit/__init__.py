@@ -19,7 +19,10 @@ from llmkit.errors import (
     BackendUnavailableError,
     ConfigError,
     EngineClosedError,
+    EngineDiedError,
     EngineError,
+    EngineStartupError,
+    GenerationTimeoutError,
     InvalidRequestError,
     LLMKitError,
     ModelNotFoundError,
@@ -52,7 +55,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendNotFoundError", "BackendSpec", "BackendUnavailableError", "Capabilities", "Choice", "Completion",
-    "ConfigError", "DEFAULT_MODEL", "Engine", "EngineClosedError", "EngineError", "EngineOptions", "EngineStats",
+    "ConfigError", "DEFAULT_MODEL", "Engine", "EngineClosedError", "EngineDiedError", "EngineError", "EngineStartupError",
+    "GenerationTimeoutError", "EngineOptions", "EngineStats",
     "Grammar", "InvalidRequestError", "JsonSchema", "LLMKitError", "Message", "ModelNotFoundError",
     "PromptTooLongError", "Quantization", "Regex", "Request", "SamplingParams", "StreamChunk", "TuneError",
     "UnsupportedFeatureError", "Usage", "backends", "greedy", "hookimpl", "load", "load_config",

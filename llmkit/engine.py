@@ -131,7 +131,8 @@ class Engine(ABC):
     def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]: ...
 
     @abstractmethod
-    def _count_tokens(self, request: Request) -> int: ...
+    def _count_tokens(self, request: Request) -> int | None:
+        """Prompt length in tokens, or None where only the engine can tell (it then enforces the limit)."""
 
     @property
     @abstractmethod
@@ -187,7 +188,7 @@ class Engine(ABC):
     def reset_stats(self) -> None:
         self._stats = StatsRecorder()
 
-    def count_tokens(self, inputs: str | Sequence[MessageLike] | Request) -> int:
+    def count_tokens(self, inputs: str | Sequence[MessageLike] | Request) -> int | None:
         self._check_open()
         return self._count_tokens(to_requests(inputs)[0])
 
@@ -277,7 +278,7 @@ class Engine(ABC):
         limit = self.context_length
         for request in requests:
             n_prompt = self._count_tokens(request)
-            if n_prompt >= limit:
+            if n_prompt is not None and n_prompt >= limit:
                 raise PromptTooLongError(n_prompt, limit)
         return requests, params
 

@@ -41,7 +41,11 @@ class InvalidRequestError(LLMKitError, ValueError):
 class PromptTooLongError(InvalidRequestError):
     """The prompt (plus the tokens asked for, where the engine needs room for them) exceeds the context."""
 
-    def __init__(self, prompt_tokens: int, limit: int, *, max_tokens: int | None = None):
+    def __init__(self, prompt_tokens: int | None, limit: int | None, *, max_tokens: int | None = None, detail: str = ""):
+        if prompt_tokens is None or limit is None:  # the engine refused it and did not say by how much
+            super().__init__(f"prompt too long for the model's context{': ' + detail if detail else ''}", parameter="prompt")
+            self.prompt_tokens, self.limit = prompt_tokens, limit
+            return
         need = f"{prompt_tokens} prompt tokens"
         if max_tokens is not None:
             need += f" + max_tokens={max_tokens}"

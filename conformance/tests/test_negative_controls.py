@@ -120,7 +120,10 @@ class BreaksAfterCancel(Broken):
 
     def generate(self, inputs, params=None, **kw):
         out = self._engine.generate(inputs, params, **kw)
-        return [c.model_copy(update={"token_ids": c.token_ids[:1]}) for c in out] if self.cancelled else out
+        if not self.cancelled:
+            return out
+        short = llmkit.Usage(prompt_tokens=1, completion_tokens=1)
+        return [c.model_copy(update={"token_ids": c.token_ids[:1], "text": c.text[:1], "usage": short}) for c in out]
 
 
 class SwallowsBadInput(Broken):

@@ -1,9 +1,8 @@
 """Reports, comparison and the docs matrix are generated from report files, never by hand."""
 
-import json
 from pathlib import Path
 
-from llmkit_conformance.report import compare, markdown, matrix
+from llmkit_conformance.report import compare, load_reports, markdown, matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +43,6 @@ def test_markdown_lists_every_check():
 
 
 def test_docs_matrix_is_generated_from_committed_reports():
-    reports = [json.loads(p.read_text()) for p in sorted((ROOT / "conformance" / "reports").glob("*.json"))]
+    reports = load_reports(ROOT / "conformance" / "reports")
     assert reports, "no committed conformance reports"
     assert (ROOT / "docs" / "capability-matrix.md").read_text() == matrix(reports)

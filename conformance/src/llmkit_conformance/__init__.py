@@ -71,7 +71,9 @@ def register_commands(app):
         from llmkit_conformance.report import matrix
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(matrix([json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]))
+        from llmkit_conformance.report import load_reports
+
+        out.write_text(matrix(load_reports(reports)))
         print(f"wrote {out}")
 
     @group.command("parity")

@@ -13,6 +13,15 @@ METRICS = {
 }
 
 
+def load_reports(folder) -> list[dict[str, Any]]:
+    """The conformance reports in a folder (other JSON there, such as parity results, is skipped)."""
+    import json
+    from pathlib import Path
+
+    reports = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    return [r for r in reports if "checks" in r and "backend" in r]
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"

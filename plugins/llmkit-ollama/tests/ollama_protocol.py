@@ -1,0 +1,208 @@
+"""A local HTTP server that speaks Ollama's documented REST protocol, backed by a real llmkit engine.
+
+No Ollama server can be installed on these machines, so the adapter is tested against this: real HTTP
+on loopback, request and response shapes from ollama/ollama (docs/api.md, docs/api/streaming.mdx,
+docs/api/errors.mdx, api/types.go): NDJSON streaming with `done`/`done_reason` and nanosecond metrics on
+the last line, `{"error": ...}` bodies with 400/404 statuses, an `{"error": ...}` line mid-stream, and
+Ollama's option defaults (api/types.go DefaultOptions) for whatever a request leaves out. Generation is
+real: llama.cpp on SmolLM2 through llmkit. It is a test fixture, not an Ollama replacement: no model
+store, no GPU scheduling, one request at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import llmkit
+
+# ollama/ollama api/types.go DefaultOptions (the ones llmkit maps)
+DEFAULT_OPTIONS = {"num_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
+                   "repeat_last_n": 64, "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                   "seed": -1, "stop": [], "num_ctx": 4096}
+
+
+class OllamaProtocolServer:
+    def __init__(self, engine: llmkit.Engine, model_name: str, *, pullable: tuple[str, ...] = ()) -> None:
+        self.engine = engine
+        self.models = {model_name}
+        self.pullable = set(pullable)
+        self.requests: list[dict[str, Any]] = []  # bodies received, for tests to inspect
+        self.fail_after_chunks: int | None = None  # inject an {"error": ...} line mid-stream
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "OllamaProtocolServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # chunked NDJSON needs it
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/api/tags":
+                    models = [{"name": m, "model": m, "modified_at": _now(), "size": 98362432, "digest": "sha256:" + "0" * 64,
+                               "details": {"format": "gguf", "family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"}}
+                              for m in sorted(server.models)]
+                    return self._json(200, {"models": models})
+                self._json(404, {"error": "404 page not found"})
+
+            def do_POST(self) -> None:
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                except json.JSONDecodeError as exc:
+                    return self._json(400, {"error": f"invalid character in request body: {exc}"})
+                server.requests.append({"path": self.path, **body})
+                routes = {"/api/generate": self._generate, "/api/chat": self._generate, "/api/show": self._show, "/api/pull": self._pull}
+                if self.path not in routes:
+                    return self._json(404, {"error": "404 page not found"})
+                routes[self.path](body)
+
+            # ---- endpoints ------------------------------------------------------------------------
+
+            def _show(self, body: dict) -> None:
+                if body.get("model") not in server.models:
+                    return self._json(404, {"error": f"model '{body.get('model')}' not found"})
+                self._json(200, {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                                 "details": {"format": "gguf", "family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
+                                 "model_info": {"general.architecture": "llama", "llama.context_length": server.engine.context_length},
+                                 "capabilities": ["completion"]})
+
+            def _pull(self, body: dict) -> None:
+                name = body.get("model")
+                if name not in server.pullable | server.models:
+                    return self._json(500, {"error": "pull model manifest: file does not exist"})
+                events = [{"status": "pulling manifest"}]
+                events += [{"status": "pulling 0123abcd", "digest": "sha256:0123abcd", "total": 1000, "completed": c} for c in (0, 500, 1000)]
+                events += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+                server.models.add(name)
+                if body.get("stream", True):
+                    self._ndjson_start()
+                    for event in events:
+                        self._line(event)
+                    self._ndjson_end()
+                else:
+                    self._json(200, {"status": "success"})
+
+            def _generate(self, body: dict) -> None:
+                chat = self.path == "/api/chat"
+                if body.get("model") not in server.models:
+                    return self._json(404, {"error": f"model '{body.get('model')}' not found, try pulling it first"})
+                options = {**DEFAULT_OPTIONS, **(body.get("options") or {})}
+                if chat:
+                    request = llmkit.Request(messages=body.get("messages") or [])
+                elif body.get("raw"):
+                    request = llmkit.Request(prompt=body.get("prompt") or "")
+                else:  # Ollama applies the model's template to a non-raw prompt
+                    msgs = ([{"role": "system", "content": body["system"]}] if body.get("system") else []) + [{"role": "user", "content": body.get("prompt") or ""}]
+                    request = llmkit.Request(messages=msgs)
+                n_prompt = server.engine.count_tokens(request)
+                limit = min(options["num_ctx"], server.engine.context_length)
+                if n_prompt >= limit and body.get("truncate") is False:
+                    return self._json(400, {"error": "the input length exceeds the context length"})
+                max_tokens = options["num_predict"] if options["num_predict"] > 0 else limit - n_prompt
+                constraint = None
+                fmt = body.get("format")
+                if fmt == "json":
+                    constraint = llmkit.JsonSchema(schema={"type": "object"})
+                elif isinstance(fmt, dict):
+                    constraint = llmkit.JsonSchema(schema=fmt)
+                params = llmkit.SamplingParams(
+                    temperature=options["temperature"], top_p=options["top_p"], top_k=max(0, options["top_k"]), min_p=options["min_p"],
+                    max_tokens=max(1, min(max_tokens, limit - n_prompt)), stop=options["stop"] or [],
+                    seed=None if options["seed"] < 0 else options["seed"], repetition_penalty=options["repeat_penalty"],
+                    presence_penalty=options["presence_penalty"], frequency_penalty=options["frequency_penalty"], constraint=constraint,
+                )
+                start = time.perf_counter_ns()
+                with server._lock:
+                    if body.get("stream", True):
+                        return self._stream_reply(request, params, chat, body["model"], start, n_prompt)
+                    out = server.engine.generate(request, params)[0]
+                total = time.perf_counter_ns() - start
+                reply = self._base(body["model"], chat, out.text)
+                reply.update(done=True, done_reason=out.finish_reason, **_metrics(total, out.metrics.ttft, n_prompt, out.usage.completion_tokens))
+                self._json(200, reply)
+
+            def _stream_reply(self, request, params, chat: bool, model: str, start: int, n_prompt: int) -> None:
+                self._ndjson_start()
+                try:
+                    self._stream_lines(request, params, chat, model, start, n_prompt)
+                finally:
+                    self._ndjson_end()
+
+            def _stream_lines(self, request, params, chat: bool, model: str, start: int, n_prompt: int) -> None:
+                sent, first, tokens = 0, None, 0
+                for chunk in server.engine.stream(request, params):
+                    if server.fail_after_chunks is not None and sent >= server.fail_after_chunks:
+                        self._line({"error": "an error was encountered while running the model"})
+                        return
+                    if first is None and chunk.token_ids:
+                        first = (time.perf_counter_ns() - start) / 1e9
+                    tokens += len(chunk.token_ids)
+                    part = self._base(model, chat, chunk.text)
+                    if chunk.finish_reason is not None:
+                        part.update(done=True, done_reason=chunk.finish_reason,
+                                    **_metrics(time.perf_counter_ns() - start, first, n_prompt, tokens))
+                    self._line(part)
+                    sent += 1
+
+            # ---- wire format ----------------------------------------------------------------------
+
+            def _base(self, model: str, chat: bool, text: str) -> dict:
+                reply = {"model": model, "created_at": _now(), "done": False}
+                if chat:
+                    reply["message"] = {"role": "assistant", "content": text}
+                else:
+                    reply["response"] = text
+                return reply
+
+            def _json(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _ndjson_start(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+
+            def _line(self, payload: dict) -> None:
+                data = json.dumps(payload).encode() + b"\n"
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _ndjson_end(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        return Handler
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _metrics(total_ns: int, ttft_s: float | None, prompt_tokens: int, eval_tokens: int) -> dict:
+    prompt_ns = int((ttft_s or 0) * 1e9)
+    return {"total_duration": total_ns, "load_duration": 0, "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": prompt_ns, "eval_count": eval_tokens, "eval_duration": max(1, total_ns - prompt_ns)}
