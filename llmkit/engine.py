@@ -293,7 +293,7 @@ class Engine(ABC):
         try:
             for chunk in chunks:
                 now = time.perf_counter()
-                if chunk.token_ids:
+                if chunk.token_ids or chunk.text:  # some engines (Ollama) stream text without token ids
                     if first is None:
                         first = now - start
                     else:

@@ -32,7 +32,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def where(report: dict[str, Any]) -> str:
     env = report["environment"]
-    return f"{env['device']} · {env['machine']} · {env['library']} {env['library_version']} · {env['date']}"
+    text = f"{env['device']} · {env['machine']} · {env['library']} {env['library_version']} · {env['date']}"
+    return text + (f" · {env['note']}" if env.get("note") else "")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -124,7 +125,7 @@ def matrix(reports: list[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
     cols = [
         f"{r['backend']} ({'GPU' if r['environment']['device'] != 'cpu' else 'CPU'}"
-        + "".join(f", {k}={v}" for k, v in sorted(r["options"].items())) + ")"
+        + "".join(f", {k}={v}" for k, v in sorted(r["options"].items()) if k != "host") + ")"
         for r in reports
     ]
     symbol = {"passed": "✓", "failed": "✗", "unsupported": "—", "error": "!"}

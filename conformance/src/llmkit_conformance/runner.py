@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import json
 import platform
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -44,7 +45,8 @@ def environment(backend: str) -> dict[str, Any]:
 
 
 def run(backend: str, model: str, options: dict[str, Any] | None = None, *, checks: list[str] | None = None,
-        performance: bool = True, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        performance: bool = True, on_progress: Callable[[str], None] | None = None, note: str | None = None) -> dict[str, Any]:
+    """`note` says how the run was set up where that matters to a reader (e.g. what server it talked to)."""
     names = checks or list(CHECKS)
     unknown = set(names) - set(CHECKS)
     if unknown:
@@ -68,7 +70,7 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
         "backend": backend,
         "model": model,
         "options": options or {},
-        "environment": environment(backend),
+        "environment": {**environment(backend), **({"note": note} if note else {})},
         "capabilities": capabilities,
         "checks": results,
         "performance": perf,
@@ -89,8 +91,10 @@ def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     env = report["environment"]
     device = "gpu" if env["device"] != "cpu" else "cpu"
     stem = f"{report['backend']}-{Path(report['model']).name}-{device}"
-    if report["options"]:
-        stem += "-" + "-".join(f"{k}={v}" for k, v in sorted(report["options"].items()))
+    shown = {k: v for k, v in report["options"].items() if k != "host"}  # a host is an address, not a setting
+    if shown:
+        stem += "-" + "-".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    stem = re.sub(r"[^A-Za-z0-9._=-]", "_", stem)  # model tags like "smollm2:135m" are not portable file names
     json_path = directory / f"{stem}.json"
     md_path = directory / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -69,6 +69,14 @@ def test_chat_goes_to_api_chat_and_stats_come_from_ollama_counters(engine, serve
     assert stats.engine["eval_count"] - before == out.usage.completion_tokens and stats.engine["eval_tokens_per_s"] > 0
 
 
+def test_stream_timing_uses_text_chunks(engine):
+    """Ollama streams text without token ids; llmkit's TTFT must still be measured."""
+    engine.reset_stats()
+    list(engine.stream([{"role": "user", "content": "Hi"}], greedy(max_tokens=8)))
+    stats = engine.stats()
+    assert stats.ttft.count == 1 and 0 < stats.ttft.mean <= stats.e2e.mean
+
+
 def test_choice_is_sent_as_enum_and_unwrapped(engine, server):
     out = engine.generate("Is the sky blue? Answer:", greedy(max_tokens=8, constraint=llmkit.Choice(choices=["yes", "no"])))[0]
     assert server.requests[-1]["format"] == {"enum": ["yes", "no"]}
