@@ -82,6 +82,13 @@ def to_requests(inputs: Inputs) -> list[Request]:
     return requests
 
 
+def check_token_ids(ids: list[int], vocab_size: int) -> list[int]:
+    """Token-id prompts must lie inside the model's vocabulary (engines would crash or read garbage)."""
+    if max(ids) >= vocab_size:
+        raise InvalidRequestError(f"token id {max(ids)} is outside the vocabulary ({vocab_size})", parameter="prompt_token_ids", value=max(ids))
+    return list(ids)
+
+
 def _message(m: MessageLike) -> Message:
     return m if isinstance(m, Message) else Message(**m)
 

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from llmkit.catalog import gguf_path
 from llmkit.decoding import DecodeState, top_logprobs
-from llmkit.engine import Engine, EngineOptions
+from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
 from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
 from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, Regex, Request, SamplingParams, StreamChunk
@@ -156,10 +156,7 @@ class LlamaCppEngine(Engine):
 
     def _encode(self, request: Request) -> list[int]:
         if request.prompt_token_ids is not None:
-            if max(request.prompt_token_ids) >= self._n_vocab:
-                raise InvalidRequestError(f"token id {max(request.prompt_token_ids)} is outside the vocabulary ({self._n_vocab})",
-                                          parameter="prompt_token_ids", value=max(request.prompt_token_ids))
-            return list(request.prompt_token_ids)
+            return check_token_ids(request.prompt_token_ids, self._n_vocab)
         if request.messages is not None:
             if self._chat is None:
                 raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")

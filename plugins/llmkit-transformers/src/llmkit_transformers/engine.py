@@ -19,8 +19,8 @@ from pydantic import Field, field_validator
 
 from llmkit.catalog import hf_folder
 from llmkit.decoding import DecodeState, top_logprobs
-from llmkit.engine import Engine, EngineOptions
-from llmkit.errors import EngineError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
+from llmkit.engine import Engine, EngineOptions, check_token_ids
+from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_errors
 from llmkit.types import Capabilities, Completion, Quantization, Request, SamplingParams, StreamChunk
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
@@ -123,10 +123,7 @@ class TransformersEngine(Engine):
 
     def _encode(self, request: Request) -> list[int]:
         if request.prompt_token_ids is not None:
-            if max(request.prompt_token_ids) >= self._vocab_size:
-                raise InvalidRequestError(f"token id {max(request.prompt_token_ids)} is outside the vocabulary ({self._vocab_size})",
-                                          parameter="prompt_token_ids", value=max(request.prompt_token_ids))
-            return list(request.prompt_token_ids)
+            return check_token_ids(request.prompt_token_ids, self._vocab_size)
         if request.messages is not None:
             if not self.tokenizer.chat_template:
                 raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")
