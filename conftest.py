@@ -37,5 +37,5 @@ def llamacpp_engine():
 def vllm_engine():
     """One real vLLM engine per test session (start-up is ~25 s on 2 CPU cores with enforce_eager)."""
     pytest.importorskip("vllm")
-    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048) as engine:
+    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048, enable_lora=True, max_lora_rank=8) as engine:
         yield engine

@@ -282,6 +282,8 @@ class Engine(ABC):
                 raise UnsupportedFeatureError(self.backend, feature)
         if any(r.messages is not None for r in requests) and not caps.chat:
             raise UnsupportedFeatureError(self.backend, "chat")
+        if any(r.lora is not None for r in requests) and not caps.lora:
+            raise UnsupportedFeatureError(self.backend, "lora", "per-request LoRA adapters (for vLLM: load with enable_lora=True)")
         limit = self.context_length
         for request in requests:
             n_prompt = self._count_tokens(request)

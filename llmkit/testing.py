@@ -89,3 +89,37 @@ def tiny_model(directory: str | Path, *, seed: int = 0, layers: int = 2, hidden:
     model.save_pretrained(directory, safe_serialization=True)
     (directory / "llmkit-tiny.json").write_text(json.dumps({"seed": seed, "layers": layers, "hidden": hidden}))
     return directory
+
+
+def random_lora(model_dir: str | Path, out_dir: str | Path, *, r: int = 8, alpha: int = 16, seed: int = 0,
+                targets: tuple[str, ...] = ("q_proj", "v_proj"), scale: float = 0.05) -> Path:
+    """Write a PEFT-format LoRA adapter with random A and B for the Llama in `model_dir`.
+
+    PEFT initialises B to zero (an adapter that changes nothing); here both are random, so applying the
+    adapter visibly changes the output, which is what a test of per-request adapters needs.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    out_features = {"q_proj": config["num_attention_heads"] * head_dim, "k_proj": config["num_key_value_heads"] * head_dim,
+                    "v_proj": config["num_key_value_heads"] * head_dim, "o_proj": hidden}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(layers):
+        for target in targets:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
+            fan_in = hidden if target != "o_proj" else config["num_attention_heads"] * head_dim
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, fan_in, generator=generator) * scale
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features[target], r, generator=generator) * scale
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": list(targets), "base_model_name_or_path": str(model_dir), "fan_in_fan_out": False,
+        "modules_to_save": None, "use_rslora": False, "use_dora": False, "inference_mode": True,
+    }, indent=2))
+    return out

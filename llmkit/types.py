@@ -224,6 +224,7 @@ class Request(LLMKitModel):
     prompt: str | None = None
     messages: list[Message] | None = None
     prompt_token_ids: list[int] | None = Field(None, description="Token ids, for engines that take them.")
+    lora: str | None = Field(None, description="Path of a LoRA adapter (PEFT folder) to apply to this request only.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Request":

@@ -259,3 +259,8 @@ def test_token_id_prompts(tiny_engine):
     with pytest.raises(llmkit.InvalidRequestError) as info:
         tiny_engine.generate(llmkit.Request(prompt_token_ids=[10**6]))
     assert info.value.parameter == "prompt_token_ids"
+
+
+def test_lora_requests_are_refused_where_unsupported(tiny_engine):
+    with pytest.raises(llmkit.UnsupportedFeatureError, match="lora"):
+        tiny_engine.generate(llmkit.Request(prompt="x", lora="/some/adapter"))

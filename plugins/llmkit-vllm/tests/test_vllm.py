@@ -64,6 +64,22 @@ def test_token_id_prompts_and_cached_tokens(vllm_engine):
     assert stats.prefix_cache_hit_rate is not None and stats.prefix_cache_hit_rate > 0
 
 
+def test_per_request_lora_adapter(vllm_engine, tmp_path):
+    from llmkit.catalog import hf_folder
+    from llmkit.testing import random_lora
+
+    adapter = str(random_lora(hf_folder(llmkit.DEFAULT_MODEL), tmp_path / "lora"))
+    prompt = "The three primary colours are"
+    base = vllm_engine.generate(prompt, greedy(max_tokens=12))[0]
+    tuned = vllm_engine.generate(llmkit.Request(prompt=prompt, lora=adapter), greedy(max_tokens=12))[0]
+    assert tuned.token_ids != base.token_ids  # the adapter applies to that request...
+    assert vllm_engine.generate(prompt, greedy(max_tokens=12))[0].token_ids == base.token_ids  # ...and only to it
+    streamed = list(vllm_engine.stream(llmkit.Request(prompt=prompt, lora=adapter), greedy(max_tokens=12)))
+    assert [t for c in streamed for t in c.token_ids] == tuned.token_ids
+    with pytest.raises(llmkit.InvalidRequestError, match="does not exist"):
+        vllm_engine.generate(llmkit.Request(prompt=prompt, lora=str(tmp_path / "missing")))
+
+
 def test_capabilities_come_from_the_installed_vllm(vllm_engine):
     caps = vllm_engine.capabilities()
     assert "fp8" in caps.quantization and caps.prefix_caching and caps.tensor_parallel

@@ -14,6 +14,7 @@ every field is sent explicitly, since vLLM's own max_tokens default is 16):
                   (GuidedDecodingParams on vLLM without it)
 and fixed: detokenize (off only with skip_tokenizer_init), skip_special_tokens=True,
 include_stop_str_in_output=False. Logprobs are the model's raw log-probabilities (vLLM's default).
+Request.lora (an adapter folder) → a LoRARequest for that prompt only; needs enable_lora=True.
 """
 
 from __future__ import annotations
@@ -209,8 +210,9 @@ class VLLMEngine(Engine):
     def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
         native = self.to_native(params)
         prompts = [{"prompt_token_ids": self._encode(r)} for r in requests]
+        loras = [self._lora_request(r) for r in requests]
         with map_engine_errors(self.backend, {ValueError: InvalidRequestError}):
-            outputs = self.llm.generate(prompts, native, use_tqdm=False)
+            outputs = self.llm.generate(prompts, native, use_tqdm=False, lora_request=loras if any(loras) else None)
         completions = []
         for prompt_index, out in enumerate(outputs):
             metrics = _engine_metrics(out)
@@ -239,7 +241,7 @@ class VLLMEngine(Engine):
         request_id = f"llmkit-{next(self._ids)}"
         prompt = {"prompt_token_ids": self._encode(request)}
         with map_engine_errors(self.backend, {ValueError: InvalidRequestError}):
-            self._engine.add_request(request_id, prompt, native)
+            self._engine.add_request(request_id, prompt, native, lora_request=self._lora_request(request))
         finished = False
         completion_tokens = 0
         try:
@@ -269,6 +271,18 @@ class VLLMEngine(Engine):
                 self._engine.abort_request([request_id])
                 while self._engine.has_unfinished_requests():
                     self._engine.step()
+
+    def _lora_request(self, request: Request) -> Any:
+        """A vLLM LoRARequest for the request's adapter; one stable integer id per adapter path."""
+        if request.lora is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        if not os.path.isdir(request.lora):
+            raise InvalidRequestError(f"vllm: LoRA adapter folder {request.lora!r} does not exist", parameter="lora", value=request.lora)
+        ids = self.__dict__.setdefault("_lora_ids", {})
+        lora_id = ids.setdefault(request.lora, len(ids) + 1)
+        return LoRARequest(lora_name=request.lora, lora_int_id=lora_id, lora_path=request.lora)
 
     # ---- outputs ---------------------------------------------------------------------------------
 
