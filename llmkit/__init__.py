@@ -60,7 +60,7 @@ __all__ = [
     "Grammar", "InvalidRequestError", "JsonSchema", "LLMKitError", "Message", "ModelNotFoundError",
     "PromptTooLongError", "Quantization", "Regex", "Request", "SamplingParams", "StreamChunk", "TuneError",
     "UnsupportedFeatureError", "Usage", "backends", "greedy", "hookimpl", "load", "load_config",
-    "TuneJob", "TuneProgress", "TuneResult", "Tuner", "tune",
+    "TuneJob", "TuneProgress", "TuneResult", "Tuner", "quantize", "tune",
 ]
 
 
@@ -98,3 +98,11 @@ def tune(backend: str, job: TuneJob | dict, on_progress=None, **tuner_options: A
     from llmkit.tuner import get_tuner
 
     return get_tuner(backend, **tuner_options).finetune(job, on_progress)
+
+
+def quantize(backend: str, model: str, method: str, output: str | Path) -> Path:
+    """Quantize `model` offline for `backend` (e.g. llamacpp: q8_0, q4_k_m) and return the file's path."""
+    from llmkit.plugins import get_backend
+
+    engine_class = get_backend(backend).load_class()
+    return engine_class.quantize_model(model, Quantization(method=method, applied="offline"), Path(output))

@@ -184,6 +184,16 @@ def stream(
 
 
 @app.command()
+def quantize(
+    backend: str = BACKEND, model: str = MODEL,
+    method: str = typer.Option(..., "--method", help="e.g. q8_0, q4_k_m (see the backend's capabilities)."),
+    out: Path = typer.Option(..., "--out", help="Output file."),
+) -> None:
+    """Quantize a model offline for a backend (llamacpp: Hugging Face folder → GGUF)."""
+    _run(lambda: print(llmkit.quantize(backend, model, method, out)))
+
+
+@app.command()
 def backends(check: bool = typer.Option(True, help="Import each backend's libraries to see whether they work here.")) -> None:
     """List installed engine and tuner backends and whether they can run here."""
     from llmkit.plugins import engines, tuners

@@ -22,6 +22,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from pydantic import ValidationError
@@ -39,6 +40,7 @@ from llmkit.types import (
     EngineStats,
     LLMKitModel,
     Message,
+    Quantization,
     Request,
     RequestMetrics,
     SamplingParams,
@@ -151,6 +153,11 @@ class Engine(ABC):
     def _engine_metrics(self) -> dict[str, Any]:
         """Engine-native metrics for `stats()`; adapters override where the engine reports any."""
         return {}
+
+    @classmethod
+    def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
+        """Write a quantized copy of `model` that this backend can load. Backends that can override this."""
+        raise UnsupportedFeatureError(cls.backend, "quantize", "this backend does not produce quantized files")
 
     # ---- the public interface --------------------------------------------------------------------
 

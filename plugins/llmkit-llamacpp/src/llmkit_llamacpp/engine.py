@@ -27,16 +27,17 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from llmkit.catalog import gguf_path
+from llmkit.catalog import gguf_path, hf_folder
 from llmkit.decoding import DecodeState, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
 from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
-from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, Regex, Request, SamplingParams, StreamChunk
+from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, Quantization, Regex, Request, SamplingParams, StreamChunk
 
 MAX_DEFAULT_CONTEXT = 8192
 
@@ -91,7 +92,7 @@ class LlamaCppEngine(Engine):
     capabilities_ = Capabilities(
         backend="llamacpp",
         constraints=frozenset({"choice", "regex", "json_schema", "grammar"}),
-        quantization=("gguf",),
+        quantization=("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"),  # produced by quantize_model
         prefix_caching=True,
         batch_invariant_greedy=True,  # one sequence at a time: there is no batch to vary with
         devices=("cpu",),
@@ -139,6 +140,21 @@ class LlamaCppEngine(Engine):
                 add_generation_prompt=True,
             )
         self._lock = threading.Lock()
+
+    @classmethod
+    def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
+        """Hugging Face folder (or catalog model, through its converted folder) → f16 GGUF (cached) →
+        `quantization.method`. A GGUF is not re-quantized: that would stack two quantization errors."""
+        from llmkit_llamacpp.gguf_tools import f16_gguf_for, quantize_gguf
+
+        if Path(model).suffix == ".gguf":
+            raise UnsupportedFeatureError(cls.backend, "quantize from GGUF", "give the Hugging Face folder or a catalog name")
+        f16 = f16_gguf_for(hf_folder(model))
+        if quantization.method == "f16":
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_bytes(f16.read_bytes())
+            return output
+        return quantize_gguf(f16, output, quantization.method)
 
     def capabilities(self) -> Capabilities:
         return self.capabilities_.model_copy(update={"prefix_caching": self.options.prefix_caching})

@@ -1,0 +1,75 @@
+"""Producing GGUF files: convert a Hugging Face folder with llama.cpp's own converter, then quantize with
+`llama_model_quantize` from the installed llama-cpp-python.
+
+The converter (`convert_hf_to_gguf.py`, its `conversion/` package and `gguf-py`) ships in the
+llama-cpp-python sdist, not in the wheel; `scripts/setup.sh` extracts it from the sdist of the installed
+version into `<venv>/share/llmkit/llama.cpp-convert`. `LLMKIT_LLAMACPP_CONVERTER` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from llmkit.catalog import cache_dir
+from llmkit.errors import BackendUnavailableError, EngineError, UnsupportedFeatureError
+
+# llmkit method name -> llama.cpp file type constant (LLAMA_FTYPE_MOSTLY_<NAME>)
+METHODS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+
+
+def converter_dir() -> Path:
+    path = Path(os.environ.get("LLMKIT_LLAMACPP_CONVERTER") or Path(sys.prefix) / "share" / "llmkit" / "llama.cpp-convert")
+    if not (path / "convert_hf_to_gguf.py").is_file():
+        raise BackendUnavailableError(
+            "llamacpp", f"llama.cpp's converter is not at {path}",
+            "bash scripts/setup.sh (extracts it from the llama-cpp-python sdist), or set LLMKIT_LLAMACPP_CONVERTER",
+        )
+    return path
+
+
+def convert_hf_to_gguf(folder: str | Path, output: Path, outtype: str = "f16") -> Path:
+    """Run llama.cpp's converter on a Hugging Face folder (weights, config, tokenizer)."""
+    converter = converter_dir()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(converter / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(folder), "--outfile", str(output), "--outtype", outtype],
+        env=env, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        if "pre-tokenizer was not recognized" in last[0]:
+            raise UnsupportedFeatureError("llamacpp", "convert", f"llama.cpp does not know this model's tokenizer ({last[0]})")
+        raise EngineError(f"llamacpp: convert_hf_to_gguf failed: {last[0]}")
+    return output
+
+
+def quantize_gguf(source: Path, output: Path, method: str) -> Path:
+    """Quantize a GGUF file (ideally f16/f32) to `method` with llama.cpp's quantizer."""
+    import llama_cpp
+
+    if method not in METHODS:
+        raise UnsupportedFeatureError("llamacpp", f"quantization={method!r}", f"supported: {', '.join(METHODS)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{method.upper()}")
+    params.nthread = os.cpu_count() or 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), ctypes.byref(params)) != 0:
+        raise EngineError(f"llamacpp: llama_model_quantize({source} -> {method}) failed")
+    return output
+
+
+def f16_gguf_for(folder: str) -> Path:
+    """A cached f16 GGUF of a Hugging Face folder (converted once)."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{Path(folder).name}-{key}-f16.gguf"
+    if not target.is_file():
+        partial = target.with_suffix(".partial")
+        convert_hf_to_gguf(folder, partial, "f16")
+        partial.rename(target)
+    return target
