@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (see benchmarks/gpu/README.md). Usage: bash benchmarks/gpu/run.sh test|bench
+# Runs on the lent GPU machine (see benchmarks/gpu/README.md). Usage: bash benchmarks/gpu/run.sh test|conformance|bench
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,14 +14,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 case "${1:-}" in
   test)
-    timeout 300 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" > "$OUT/vllm-tests.txt" 2>&1
+    timeout 470 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" > "$OUT/vllm-tests.txt" 2>&1
     grep -E "passed|failed|^FAILED|^E " "$OUT/vllm-tests.txt" | tail -15
-    timeout 240 python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance.txt" 2>&1
+    ;;
+  conformance)
+    timeout 500 python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance.txt" 2>&1
     grep -E "passed,|FAILED|TTFT|TPOT|Long shared" "$OUT/conformance.txt"
     ;;
   bench)
     timeout 560 python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" > "$OUT/bench.log" 2>&1
     grep -E "^\||^device" "$OUT/bench.log"; grep -E "Error|Traceback" "$OUT/bench.log" | head -5
     ;;
-  *) echo "usage: run.sh test|bench" >&2; exit 2 ;;
+  *) echo "usage: run.sh test|conformance|bench" >&2; exit 2 ;;
 esac
