@@ -46,15 +46,15 @@ def test_greedy_repeatable_without_prefix_cache_and_stream_matches(cold_engine):
     assert [t for c in chunks for t in c.token_ids] == a.token_ids
 
 
-def test_prefix_cache_reuse_can_change_greedy_output(llamacpp_engine, cold_engine):
-    """Documents a measured llama.cpp property rather than hiding it: a warm call re-evaluates only the
-    uncached suffix, in other kernels. The output is still a valid greedy continuation, not garbage."""
+def test_prefix_cache_reuse_does_not_change_greedy_output(llamacpp_engine, cold_engine):
+    """The prompt's last token is evaluated alone whether the rest came from the cache or not, so a warm
+    request gives exactly the cold output (before that, SmolLM2 Q4_1 diverged within 5 tokens)."""
     params = greedy(max_tokens=32)
     cold = cold_engine.chat(CHAT, params)
     llamacpp_engine.chat(CHAT, params)
     warm = llamacpp_engine.chat(CHAT, params)
     assert warm.usage.cached_tokens == len(cold_engine._encode(llmkit.Request(messages=CHAT))) - 1
-    assert warm.token_ids[:2] == cold.token_ids[:2]
+    assert warm.token_ids == cold.token_ids
 
 
 def test_seed_and_sampling(llamacpp_engine):

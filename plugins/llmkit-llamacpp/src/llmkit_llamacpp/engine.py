@@ -73,11 +73,7 @@ class LlamaCppOptions(EngineOptions):
     n_ctx: int | None = Field(
         None, ge=16, description=f"Context length; default: the model's, at most {MAX_DEFAULT_CONTEXT}. llama.cpp rounds it up to a multiple of 256."
     )
-    prefix_caching: bool = Field(
-        True,
-        description="Reuse the KV cache of the previous prompt's common prefix. Measured on SmolLM2 Q4_1: the re-evaluated "
-        "suffix runs through other kernels, so greedy output can differ from a cold run; False makes greedy repeatable.",
-    )
+    prefix_caching: bool = Field(True, description="Reuse the KV cache of the previous prompt's common prefix.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per step.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
@@ -258,9 +254,7 @@ class LlamaCppEngine(Engine):
         params, llm = state.params, self.llm
         seed = (hash((params.seed, state.index)) if params.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
         llm.set_seed(seed)
-        if not self.options.prefix_caching:
-            llm.reset()
-        state.cached_tokens = self._reusable_prefix(state.prompt_ids)
+        state.cached_tokens = self._prefill_all_but_last(state.prompt_ids)
         tokens = llm.generate(
             state.prompt_ids,
             top_k=params.top_k,
@@ -291,17 +285,22 @@ class LlamaCppEngine(Engine):
             tokens.close()
             state.abort(time.perf_counter() - start)
 
-    def _reusable_prefix(self, prompt: list[int]) -> int:
-        """Prompt tokens llama-cpp-python will take from its KV cache (its rule in `Llama.generate`)."""
-        llm = self.llm
-        if llm.n_tokens == 0:
-            return 0
+    def _prefill_all_but_last(self, prompt: list[int]) -> int:
+        """Evaluate all prompt tokens but the last, reusing the cached common prefix; return how many
+        were reused. `Llama.generate` then evaluates the last token alone, cold or warm: without this, a
+        warm request evaluated only its last token alone while a cold one evaluated it inside the prompt
+        batch, in other kernels, and greedy output depended on what the cache held."""
+        llm, head = self.llm, prompt[:-1]
         common = 0
-        for a, b in zip(llm._input_ids[: llm.n_tokens], prompt):
-            if a != b:
-                break
-            common += 1
-        return common - 1 if common == len(prompt) and common > 0 else common
+        if self.options.prefix_caching:
+            for cached, token in zip(llm._input_ids, head):
+                if cached != token:
+                    break
+                common += 1
+        llm.n_tokens = min(llm.n_tokens, common)
+        if head[common:]:
+            llm.eval(head[common:])  # drops the stale cache entries past `common` first
+        return common
 
     def _last_logprobs(self):
         import numpy as np
