@@ -194,6 +194,31 @@ def quantize(
 
 
 @app.command()
+def plan(
+    model: str = MODEL,
+    weights: str = typer.Option("bf16,fp8,q4_k_m", help="Weight formats, comma-separated."),
+    batch: str = typer.Option("1,8,32", help="Concurrent sequences."),
+    context: str = typer.Option("2048,8192", help="Tokens per sequence."),
+    kv_dtype: str = typer.Option("bf16", help="KV-cache element type."),
+) -> None:
+    """Weights + KV-cache memory for a model across formats, batch sizes and context lengths."""
+    from llmkit.planner import load_shape, plan as make_plan
+
+    def go() -> None:
+        shape = load_shape(model)
+        table = Table("weights", "batch", "context", "weights GiB", "KV GiB", "total GiB",
+                      title=f"{model}: {shape.parameters / 1e6:.1f}M parameters, KV {shape.kv_bytes_per_token(kv_dtype) / 1024:.1f} KiB/token "
+                            f"({shape.layers} layers × {shape.kv_heads} KV heads × {shape.head_dim})")
+        ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+        for row in make_plan(shape, weights.split(","), ints(batch), ints(context), kv_dtype):
+            table.add_row(row["weights"], str(row["batch"]), str(row["context"]), f"{row['weight_gib']:.2f}",
+                          f"{row['kv_gib']:.2f}", f"{row['total_gib']:.2f}")
+        console.print(table)
+
+    _run(go)
+
+
+@app.command()
 def backends(check: bool = typer.Option(True, help="Import each backend's libraries to see whether they work here.")) -> None:
     """List installed engine and tuner backends and whether they can run here."""
     from llmkit.plugins import engines, tuners
