@@ -6,7 +6,7 @@ the engine calls only:
     _start()                      load the model (options are validated already)
     _generate(requests, params)   a batch, answered in order; `n` samples per request
     _stream(request, params)      an iterator of delta chunks for one request
-    _count_tokens(request)        prompt length in tokens (after the chat template)
+    _tokenize(request)            prompt token ids (after the chat template); None if only the engine can tell
     context_length                the model's context window
     _close()                      free the engine
 
@@ -140,8 +140,9 @@ class Engine(ABC):
     def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]: ...
 
     @abstractmethod
-    def _count_tokens(self, request: Request) -> int | None:
-        """Prompt length in tokens, or None where only the engine can tell (it then enforces the limit)."""
+    def _tokenize(self, request: Request) -> list[int] | None:
+        """Prompt token ids, or None where only the engine can tell (it then enforces the limit). The core
+        calls this once per request and hands the adapter a token-id request, so nothing is tokenized twice."""
 
     @property
     @abstractmethod
@@ -204,7 +205,8 @@ class Engine(ABC):
 
     def count_tokens(self, inputs: str | Sequence[MessageLike] | Request) -> int | None:
         self._check_open()
-        return self._count_tokens(to_requests(inputs)[0])
+        ids = self._tokenize(to_requests(inputs)[0])
+        return None if ids is None else len(ids)
 
     def close(self) -> None:
         if not self._closed:
@@ -292,11 +294,17 @@ class Engine(ABC):
         if any(r.lora is not None for r in requests) and not caps.lora:
             raise UnsupportedFeatureError(self.backend, "lora", "per-request LoRA adapters (for vLLM: load with enable_lora=True)")
         limit = self.context_length
+        tokenized = []
         for request in requests:
-            n_prompt = self._count_tokens(request)
-            if n_prompt is not None and n_prompt >= limit:
-                raise PromptTooLongError(n_prompt, limit)
-        return requests, params
+            ids = self._tokenize(request)
+            if ids is None:
+                tokenized.append(request)
+                continue
+            if len(ids) >= limit:
+                raise PromptTooLongError(len(ids), limit)
+            # The engine's own ids: no need to validate them again.
+            tokenized.append(Request.model_construct(prompt_token_ids=ids, lora=request.lora))
+        return tokenized, params
 
     def _timed_stream(self, chunks: Iterator[StreamChunk]) -> Iterator[StreamChunk]:
         """Measure TTFT and inter-token latency on the client side, the same way for every engine."""

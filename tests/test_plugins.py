@@ -29,8 +29,8 @@ class ReverseEngine(Engine):
     def context_length(self):
         return 64
 
-    def _count_tokens(self, request):
-        return len(request.prompt or "")
+    def _tokenize(self, request):
+        return None  # like Ollama: only the engine knows
 
     def _generate(self, requests, params):
         out = []

@@ -264,3 +264,19 @@ def test_token_id_prompts(tiny_engine):
 def test_lora_requests_are_refused_where_unsupported(tiny_engine):
     with pytest.raises(llmkit.UnsupportedFeatureError, match="lora"):
         tiny_engine.generate(llmkit.Request(prompt="x", lora="/some/adapter"))
+
+
+def test_each_prompt_is_tokenized_once(tiny_engine, monkeypatch):
+    """The core's length check tokenizes; the adapter then gets token ids and does not tokenize again."""
+    texts = []
+    encode = tiny_engine._encode
+
+    def counting(request):
+        if request.prompt_token_ids is None:
+            texts.append(request)
+        return encode(request)
+
+    monkeypatch.setattr(tiny_engine, "_encode", counting)
+    tiny_engine.generate(PROMPTS, greedy(max_tokens=2))
+    list(tiny_engine.stream(PROMPTS[0], greedy(max_tokens=2)))
+    assert len(texts) == len(PROMPTS) + 1

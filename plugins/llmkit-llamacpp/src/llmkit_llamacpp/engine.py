@@ -176,8 +176,8 @@ class LlamaCppEngine(Engine):
             return self.llm.tokenize(text.encode(), add_bos=False, special=True)
         return self.llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
 
-    def _count_tokens(self, request: Request) -> int:
-        return len(self._encode(request))
+    def _tokenize(self, request: Request) -> list[int]:
+        return self._encode(request)
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")

@@ -95,7 +95,7 @@ class OllamaEngine(Engine):
     def list_models(self) -> list[str]:
         return [m.model for m in self.client.list().models]
 
-    def _count_tokens(self, request: Request) -> int | None:
+    def _tokenize(self, request: Request) -> list[int] | None:
         return None  # Ollama has no tokenize endpoint; truncate=false makes the server enforce the limit
 
     # ---- request building ------------------------------------------------------------------------

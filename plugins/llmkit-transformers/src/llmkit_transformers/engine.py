@@ -133,8 +133,8 @@ class TransformersEngine(Engine):
             return self.tokenizer(text, add_special_tokens=False).input_ids
         return self.tokenizer(request.prompt).input_ids
 
-    def _count_tokens(self, request: Request) -> int:
-        return len(self._encode(request))
+    def _tokenize(self, request: Request) -> list[int]:
+        return self._encode(request)
 
     def _grammar_compiler(self) -> Any:
         if self._grammars is None:

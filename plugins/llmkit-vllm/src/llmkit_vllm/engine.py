@@ -175,8 +175,8 @@ class VLLMEngine(Engine):
             return self._tokenizer.encode(text, add_special_tokens=False)
         return self._tokenizer.encode(request.prompt)
 
-    def _count_tokens(self, request: Request) -> int:
-        return len(self._encode(request))
+    def _tokenize(self, request: Request) -> list[int]:
+        return self._encode(request)
 
     def to_native(self, params: SamplingParams, *, delta: bool = False) -> Any:
         """llmkit SamplingParams → vllm.SamplingParams, every field explicit."""
