@@ -33,6 +33,7 @@ class DecodeState:
     out_ids: list[int] = field(default_factory=list)
     text: str = ""
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # set by the engine when asked for
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     ttft: float | None = None
@@ -108,6 +109,7 @@ class DecodeState:
             stop_reason=self.stop_reason,
             usage=self.usage(),
             logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
             prompt_index=self.prompt_index,
             index=self.index,
             metrics=RequestMetrics(source="engine", ttft=self.ttft, e2e=self.e2e),
@@ -128,6 +130,7 @@ class DecodeState:
             token_ids=new_tokens,
             index=self.index,
             logprobs=self.logprobs[self._emitted_tokens :] if self.logprobs is not None else None,
+            prompt_logprobs=self.prompt_logprobs if self._emitted_tokens == 0 and not self._emitted_text else None,
         )
         self._emitted_text = max(self._emitted_text, text_end)
         self._emitted_tokens = len(self.out_ids)
@@ -162,3 +165,9 @@ def top_logprobs(logprobs_row, token: int, k: int, token_text: Callable[[int], s
             pairs = zip(ids.tolist(), logprobs_row[ids].tolist())
         top = {int(i): min(0.0, float(v)) for i, v in pairs}
     return TokenLogprob(token_id=token, token=token_text(token), logprob=min(0.0, float(logprobs_row[token])), top=top)
+
+
+def prompt_logprobs(rows, prompt_ids: list[int], k: int, token_text: Callable[[int], str]) -> list[TokenLogprob | None]:
+    """vLLM's prompt_logprobs from log-probability rows, where `rows[i]` is the distribution that
+    predicted `prompt_ids[i + 1]`; the first prompt token has no entry (None)."""
+    return [None] + [top_logprobs(rows[i], token, k, token_text) for i, token in enumerate(prompt_ids[1:])]

@@ -39,6 +39,7 @@ from llmkit.types import (
     Completion,
     EngineStats,
     LLMKitModel,
+    MemoryUsage,
     Message,
     Quantization,
     Request,
@@ -116,8 +117,8 @@ class Engine(ABC):
     Options: ClassVar[type[EngineOptions]] = EngineOptions
     default_params: SamplingParams | None = None  # used when a call passes no params (set by load_config)
 
-    def __init__(self, model: str, **options: Any) -> None:
-        self.model = model
+    def __init__(self, model: str | Path, **options: Any) -> None:
+        self.model = str(model)
         try:
             self.options = self.Options(**options)
         except InvalidRequestError as exc:
@@ -154,6 +155,10 @@ class Engine(ABC):
     def _engine_metrics(self) -> dict[str, Any]:
         """Engine-native metrics for `stats()`; adapters override where the engine reports any."""
         return {}
+
+    def _memory(self) -> MemoryUsage | None:
+        """What the engine allocated for weights and KV cache, as it reports it; None where it does not."""
+        return None
 
     @classmethod
     def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
@@ -200,12 +205,22 @@ class Engine(ABC):
         self._check_open()
         return self._stats.summary(self.backend, self.model, self._engine_metrics())
 
+    def memory(self) -> MemoryUsage | None:
+        """Weights and KV-cache memory as the engine reports them (compare with `llmkit plan`)."""
+        self._check_open()
+        return self._memory()
+
     def reset_stats(self) -> None:
         self._stats = StatsRecorder()
 
-    def count_tokens(self, inputs: str | Sequence[MessageLike] | Request) -> int | None:
+    def tokenize(self, inputs: str | Sequence[MessageLike] | Request) -> list[int] | None:
+        """The prompt's token ids as this engine sees them (chat template applied to a conversation), or
+        None where only the engine's server can tell (Ollama)."""
         self._check_open()
-        ids = self._tokenize(to_requests(inputs)[0])
+        return self._tokenize(to_requests(inputs)[0])
+
+    def count_tokens(self, inputs: str | Sequence[MessageLike] | Request) -> int | None:
+        ids = self.tokenize(inputs)
         return None if ids is None else len(ids)
 
     def close(self) -> None:

@@ -71,3 +71,21 @@ def plan(shape: Shape, weights: list[str], batches: list[int], contexts: list[in
                 rows.append({"weights": weight, "batch": batch, "context": context, "weight_gib": weight_bytes / 2**30,
                              "kv_gib": kv / 2**30, "total_gib": (weight_bytes + kv) / 2**30})
     return rows
+
+
+def compare_with_engine(shape: Shape, usage: Any) -> list[dict[str, Any]]:
+    """The plan beside what an engine reports it allocated (`Engine.memory()`), one row per quantity the
+    engine tells; ratio = engine / plan."""
+    rows = []
+
+    def row(quantity: str, planned: float, reported: float) -> None:
+        rows.append({"quantity": quantity, "planned_bytes": planned, "engine_bytes": reported, "ratio": reported / planned})
+
+    if usage.weights_bytes and usage.weights_dtype in WEIGHT_BYTES:
+        row(f"weights ({usage.weights_dtype})", shape.parameters * WEIGHT_BYTES[usage.weights_dtype], usage.weights_bytes)
+    if usage.kv_bytes_per_token and usage.kv_dtype in KV_BYTES:
+        per_token = shape.kv_bytes_per_token(usage.kv_dtype)
+        row(f"KV cache per token ({usage.kv_dtype})", per_token, usage.kv_bytes_per_token)
+        if usage.kv_cache_bytes and usage.kv_cache_tokens:
+            row(f"KV cache for {usage.kv_cache_tokens:,} tokens", per_token * usage.kv_cache_tokens, usage.kv_cache_bytes)
+    return rows

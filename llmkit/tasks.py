@@ -24,3 +24,15 @@ FACTS = [
     ("What is the largest planet in the solar system?", "Jupiter"),
     ("How many days are in a week?", "seven|7"),
 ]
+
+
+def alpaca_prompt(record: dict) -> str:
+    """The Alpaca prompt of *Build a Large Language Model (From Scratch)*, ch. 7 (`format_input`), ending
+    where the response begins. `record` has instruction, input (may be empty) and output."""
+    text = (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{record['instruction']}"
+    )
+    if record.get("input"):
+        text += f"\n\n### Input:\n{record['input']}"
+    return text + "\n\n### Response:\n"

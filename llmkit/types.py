@@ -148,6 +148,11 @@ class SamplingParams(LLMKitModel):
     logprobs: int | None = Field(
         None, ge=0, le=20, description="Return the sampled token's logprob and this many top alternatives; None is off."
     )
+    prompt_logprobs: int | None = Field(
+        None, ge=0, le=20,
+        description="Also score the prompt: each prompt token's logprob and this many top alternatives (vLLM's "
+        "meaning); None is off. Engines with a prefix cache recompute the prompt for such a request.",
+    )
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Multiplicative penalty (HF/vLLM); 1 is off.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Additive, once per seen token (OpenAI); 0 is off.")
@@ -164,6 +169,7 @@ class SamplingParams(LLMKitModel):
         "seed": None,
         "n": 1,
         "logprobs": None,
+        "prompt_logprobs": None,
         "ignore_eos": False,
         "repetition_penalty": 1.0,
         "presence_penalty": 0.0,
@@ -277,6 +283,9 @@ class Completion(LLMKitModel):
     stop_reason: str | int | None = Field(None, description="The stop string or token id that ended generation.")
     usage: Usage
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = Field(
+        None, description="One entry per prompt token; the first is None (nothing precedes it)."
+    )
     prompt_index: int = 0
     index: int = Field(0, description="Sample index within the prompt, for n > 1.")
     metrics: RequestMetrics = Field(default_factory=RequestMetrics)
@@ -291,6 +300,7 @@ class StreamChunk(LLMKitModel):
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = Field(None, description="Set on the first chunk, when asked for.")
     usage: Usage | None = Field(None, description="Set on the last chunk.")
 
 
@@ -347,6 +357,19 @@ class Quantization(LLMKitModel):
     bits: int | None = Field(None, ge=1, le=16)
     group_size: int | None = Field(None, ge=1)
     applied: Literal["load", "offline"] = Field("load", description="Quantized while loading, or ahead of time.")
+
+
+class MemoryUsage(LLMKitModel):
+    """What an engine allocated, as the engine itself tells it (None: it does not). `source` says where
+    each figure came from, so a report can say how it was measured."""
+
+    source: str
+    weights_bytes: int | None = Field(None, ge=0)
+    weights_dtype: str | None = Field(None, description="As llmkit.planner names it: fp32, bf16, q4_1, ...")
+    kv_cache_bytes: int | None = Field(None, ge=0, description="The KV cache as allocated (engines that preallocate).")
+    kv_cache_tokens: int | None = Field(None, ge=0, description="Tokens the allocated KV cache holds.")
+    kv_bytes_per_token: float | None = Field(None, ge=0)
+    kv_dtype: str | None = None
 
 
 class Capabilities(LLMKitModel):

@@ -1,5 +1,7 @@
 """The memory planner against published parameter counts and the GQA-corrected KV formula."""
 
+import pytest
+
 from llmkit.planner import Shape, plan
 
 LLAMA3_8B = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
@@ -24,3 +26,15 @@ def test_plan_rows():
     bf16_b8 = next(r for r in rows if r["weights"] == "bf16" and r["batch"] == 8)
     assert round(bf16_b8["kv_gib"], 3) == 8.0 and 14.9 < bf16_b8["weight_gib"] < 15.0  # vLLM reports 14.96 GiB
     assert next(r for r in rows if r["weights"] == "q4_k_m")["weight_gib"] < 5
+
+
+def test_plan_matches_what_the_reference_engine_allocates(tiny_engine):
+    """The tiny random Llama on the transformers engine: its tensors and its KV cache per token are
+    exactly what the plan says (head_dim 64, grouped-query attention)."""
+    from llmkit.planner import compare_with_engine, load_shape
+
+    usage = tiny_engine.memory()
+    rows = {r["quantity"]: r for r in compare_with_engine(load_shape(tiny_engine.model), usage)}
+    assert usage.weights_dtype == usage.kv_dtype == "fp32"
+    assert rows["weights (fp32)"]["ratio"] == pytest.approx(1.0, abs=1e-3)  # buffers (rotary) are the only extra
+    assert rows["KV cache per token (fp32)"]["ratio"] == 1.0

@@ -20,6 +20,7 @@ from llmkit import Choice, Grammar, InvalidRequestError, JsonSchema, Regex, Samp
         ("min_p", 2.0, "less than or equal to 1"),
         ("presence_penalty", 3.0, "less than or equal to 2"),
         ("logprobs", 50, "less than or equal to 20"),
+        ("prompt_logprobs", -1, "greater than or equal to 0"),
         ("n", 0, "greater than or equal to 1"),
     ],
 )

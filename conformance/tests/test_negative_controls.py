@@ -13,7 +13,7 @@ import llmkit
 from llmkit_conformance.checks import CHECKS, run_check
 
 # Checks the tiny random model cannot pass on merit (they need a model that knows language).
-NEEDS_REAL_MODEL = {"quality_sentiment", "quality_facts"}
+NEEDS_REAL_MODEL = {"quality_sentiment", "quality_facts", "quality_perplexity"}
 NOT_DECLARED_BY_TRANSFORMERS = {"prefix_cache"}
 
 
@@ -65,6 +65,18 @@ class PositiveLogprobs(Broken):
         for c in out:
             for lp in c.logprobs or []:
                 object.__setattr__(lp, "logprob", 0.5)
+        return out
+
+
+class MisalignedPromptLogprobs(Broken):
+    """Gives each prompt token the logprob of the token after it: an off-by-one in slicing the logits."""
+
+    def generate(self, inputs, params=None, **kw):
+        out = self._engine.generate(inputs, params, **kw)
+        for c in out:
+            entries = c.prompt_logprobs or []
+            for entry, following in zip(entries[1:], entries[2:]):
+                object.__setattr__(entry, "logprob", following.logprob)
         return out
 
 
@@ -141,6 +153,7 @@ BREAKAGES = {
     "max_tokens_exact": OffByOne,
     "seed": IgnoresSeed,
     "logprobs": PositiveLogprobs,
+    "prompt_logprobs": MisalignedPromptLogprobs,
     "batch_matches_single": ClaimsBatchInvariance,
     "prefix_cache": ClaimsPrefixCache,
     "constraint_choice": DropsConstraint,

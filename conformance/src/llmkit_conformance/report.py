@@ -75,7 +75,38 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(lp['warm_ttft_ms'])} ms ({_fmt(lp['speedup'], 2)}×), {_fmt(lp['warm_cached_tokens'])} tokens from the cache. "
             f"Peak RSS of the measuring process: {_fmt(perf['peak_rss_mib'], 0)} MiB.",
         ]
+    lines += _memory_lines(report.get("memory"))
     return "\n".join(lines) + "\n"
+
+
+def _mib(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**10:,.2f} KiB" if value < 2**20 else f"{value / 2**20:,.2f} MiB"
+
+
+def _memory_lines(memory: dict[str, Any] | None) -> list[str]:
+    if not memory:
+        return []
+    lines = ["", "## Memory: plan vs allocated", ""]
+    engine = memory.get("engine")
+    if engine:
+        lines.append(f"Engine figures: {engine['source']}.")
+    if memory.get("plan"):
+        lines += ["", "| quantity | `llmkit plan` | engine | engine / plan |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['quantity']} | {_mib(r['planned_bytes'])} | {_mib(r['engine_bytes'])} | {r['ratio']:.3f} |"
+                  for r in memory["plan"]]
+    if memory.get("note"):
+        lines += ["", f"No comparison: {memory['note']}."]
+    extra = []
+    if memory.get("device"):
+        d = memory["device"]
+        extra.append(f"{d['device']}: {_mib(d['used_bytes'])} in use of {_mib(d['total_bytes'])}")
+    if memory.get("process_tree_rss_bytes"):
+        extra.append(f"resident set of the process tree after the run: {_mib(memory['process_tree_rss_bytes'])}")
+    if extra:
+        lines += ["", "Measured: " + "; ".join(extra) + "."]
+    return lines
 
 
 def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:

@@ -64,6 +64,9 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
             from llmkit_conformance.performance import measure
 
             perf = measure(engine)
+        from llmkit_conformance.memory import memory_report
+
+        memory = memory_report(engine, model)
         capabilities = json.loads(engine.capabilities().model_dump_json())
     return {
         "report_version": REPORT_VERSION,
@@ -74,6 +77,7 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
         "capabilities": capabilities,
         "checks": results,
         "performance": perf,
+        "memory": memory,
     }
 
 

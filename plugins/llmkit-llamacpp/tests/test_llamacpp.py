@@ -149,3 +149,28 @@ def test_prompt_too_long_and_context_option():
             engine.generate("word " * limit)
         out = engine.generate("Hello", greedy(max_tokens=1000, ignore_eos=True))[0]
         assert out.finish_reason == "length" and len(out.token_ids) + engine.count_tokens("Hello") == limit
+
+
+def test_prompt_logprobs_score_the_prompt_and_leave_the_cache_consistent(llamacpp_engine, cold_engine):
+    """A scoring request evaluates the prompt from scratch with every position's logits; what follows
+    it (warm or cold) decodes exactly as before."""
+    params = greedy(max_tokens=16)
+    before = cold_engine.chat(CHAT, params)
+    ids = llamacpp_engine.tokenize(CHAT)
+    scored = llamacpp_engine.generate(llmkit.Request(prompt_token_ids=ids), greedy(max_tokens=1, prompt_logprobs=1))[0]
+    assert scored.usage.cached_tokens == 0 and scored.prompt_logprobs[0] is None
+    assert [e.token_id for e in scored.prompt_logprobs[1:]] == ids[1:]
+    assert all(e.logprob <= 0 and len(e.top) == 1 for e in scored.prompt_logprobs[1:])
+    assert llamacpp_engine.chat(CHAT, params).token_ids == before.token_ids
+
+
+def test_memory_reports_llamacpp_allocations(llamacpp_engine):
+    from llmkit.planner import compare_with_engine, load_shape
+
+    usage = llamacpp_engine.memory()
+    assert usage.weights_dtype == "q4_1" and usage.kv_dtype == "fp16"
+    assert usage.kv_cache_tokens == llamacpp_engine.context_length
+    rows = {r["quantity"].split(" (")[0]: r["ratio"] for r in compare_with_engine(load_shape(llmkit.DEFAULT_MODEL), usage)}
+    assert rows["KV cache per token"] == 1.0
+    # Q4_1 GGUF keeps some tensors wider than 5 bits per weight: more than the plan, not less
+    assert 1.0 < rows["weights"] < 1.3

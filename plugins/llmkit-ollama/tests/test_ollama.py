@@ -22,6 +22,8 @@ MODEL = "smollm2:135m"
 EXPECTED = {name: "passed" for name in CHECKS} | {
     "max_tokens_exact": "unsupported",  # no ignore_eos in Ollama
     "logprobs": "unsupported",  # token strings without ids
+    "prompt_logprobs": "unsupported",  # Ollama does not score prompts
+    "quality_perplexity": "unsupported",
     "prefix_cache": "unsupported",  # not reported per request
     "constraint_regex": "unsupported",
     "constraint_grammar": "unsupported",

@@ -101,6 +101,18 @@ def test_logprobs_shape_and_sign(tiny_engine):
     assert tiny_engine.generate(PROMPTS[0], greedy(max_tokens=3))[0].logprobs is None
 
 
+def test_prompt_logprobs_are_the_same_alone_and_in_a_left_padded_batch(tiny_engine):
+    params = greedy(max_tokens=1, prompt_logprobs=2)
+    batch = tiny_engine.generate(PROMPTS, params)
+    for prompt, together in zip(PROMPTS, batch):
+        alone = tiny_engine.generate(prompt, params)[0]
+        ids = tiny_engine.tokenize(prompt)
+        assert len(together.prompt_logprobs) == len(ids) and together.prompt_logprobs[0] is None
+        assert [e.token_id for e in together.prompt_logprobs[1:]] == ids[1:]
+        for a, b in zip(alone.prompt_logprobs[1:], together.prompt_logprobs[1:]):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and len(b.top) == 2
+
+
 @pytest.mark.parametrize(
     "constraint, check",
     [

@@ -16,6 +16,8 @@ SamplingParams → llama.cpp (checked against llama_cpp/llama.py 0.3.36, `Llama.
                          llama.cpp's own converter, grammar as given; each is parsed by llama.cpp first
     ignore_eos         → end-of-generation tokens do not end the sequence (vLLM's meaning)
     stop, max_tokens, logprobs, n → handled by llmkit's decode state around the generator
+    prompt_logprobs    → the prompt is evaluated from scratch with every position's logits kept (as vLLM
+                         skips its prefix cache for such requests)
 """
 
 from __future__ import annotations
@@ -24,22 +26,40 @@ import ctypes
 import json
 import os
 import random
+import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from llmkit.catalog import gguf_path, hf_folder
-from llmkit.decoding import DecodeState, top_logprobs
+from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
 from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
-from llmkit.types import Capabilities, Choice, Completion, Grammar, JsonSchema, Quantization, Regex, Request, SamplingParams, StreamChunk
+from llmkit.types import (
+    Capabilities,
+    Choice,
+    Completion,
+    Grammar,
+    JsonSchema,
+    MemoryUsage,
+    Quantization,
+    Regex,
+    Request,
+    SamplingParams,
+    StreamChunk,
+)
 
 MAX_DEFAULT_CONTEXT = 8192
+# general.file_type of a GGUF (llama.cpp's enum llama_ftype) → llmkit.planner's weight names
+GGUF_FILE_TYPES = {0: "fp32", 1: "fp16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 15: "q4_k_m", 17: "q5_k_m", 18: "q6_k", 32: "bf16"}
+KV_CACHE_LOG = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells.*?K \((\w+)\)")
 
 # What llama-cpp-python's JSON-schema converter (llama_cpp/llama_grammar.py, SchemaConverter) enforces,
 # plus annotations that constrain nothing. Anything else (minimum, maximum, multipleOf, ...) would be
@@ -102,7 +122,7 @@ class LlamaCppEngine(Engine):
         opts = self.options
         path = str(gguf_path(self.model))
         n_ctx = opts.n_ctx or 0  # 0: the model's training context, capped below
-        with map_engine_errors(self.backend, {ValueError: EngineStartupError}):
+        with map_engine_errors(self.backend, {ValueError: EngineStartupError}), _llama_log(llama_cpp, opts.verbose) as log:
             llm = llama_cpp.Llama(
                 model_path=path,
                 n_ctx=n_ctx,
@@ -122,6 +142,7 @@ class LlamaCppEngine(Engine):
                     use_mmap=opts.use_mmap, last_n_tokens_size=-1, verbose=opts.verbose,
                 )
         self.llm = llm
+        self._load_log = "".join(log)
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
         template = opts.chat_template or llm.metadata.get("tokenizer.chat_template")
@@ -254,7 +275,11 @@ class LlamaCppEngine(Engine):
         params, llm = state.params, self.llm
         seed = (hash((params.seed, state.index)) if params.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
         llm.set_seed(seed)
-        state.cached_tokens = self._prefill_all_but_last(state.prompt_ids)
+        if params.prompt_logprobs is not None:
+            state.cached_tokens = 0
+            state.prompt_logprobs = self._score_all_but_last(state.prompt_ids, params.prompt_logprobs)
+        else:
+            state.cached_tokens = self._prefill_all_but_last(state.prompt_ids)
         tokens = llm.generate(
             state.prompt_ids,
             top_k=params.top_k,
@@ -302,12 +327,50 @@ class LlamaCppEngine(Engine):
             llm.eval(head[common:])  # drops the stale cache entries past `common` first
         return common
 
+    def _score_all_but_last(self, prompt: list[int], k: int) -> list:
+        """Evaluate all prompt tokens but the last from an empty cache, as `_prefill_all_but_last` does,
+        keeping every position's logits: row i predicts prompt[i + 1], the last row the final token."""
+        import numpy as np
+
+        llm = self.llm
+        llm.n_tokens = 0
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        rows = []
+        head = prompt[:-1]
+        for i in range(0, len(head), llm.n_batch):
+            batch = head[i : i + llm.n_batch]
+            llm._batch.set_batch(batch=batch, n_past=llm.n_tokens, logits_all=True)
+            with map_engine_errors(self.backend):
+                llm._ctx.decode(llm._batch)
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch), self._n_vocab)).astype(np.float64)
+            rows.extend(_log_softmax(logits))
+            llm.input_ids[llm.n_tokens : llm.n_tokens + len(batch)] = batch
+            llm.n_tokens += len(batch)
+        return prompt_logprobs(rows, prompt, k, self._token_text)
+
     def _last_logprobs(self):
         import numpy as np
 
         logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self._n_vocab,)).astype(np.float64)
-        shifted = logits - logits.max()
-        return shifted - np.log(np.exp(shifted).sum())
+        return _log_softmax(logits)
+
+    def _memory(self) -> MemoryUsage:
+        """Weights from llama_model_size; the KV cache as llama.cpp logged it when it allocated it."""
+        match = None
+        for match in KV_CACHE_LOG.finditer(self._load_log):
+            pass  # the last context created is the one in use
+        kv_bytes = kv_tokens = kv_dtype = None
+        if match is not None:
+            kv_bytes, kv_tokens = round(float(match[1]) * 2**20), int(match[2])
+            kv_dtype = {"f16": "fp16", "f32": "fp32", "bf16": "bf16", "q8_0": "int8"}.get(match[3], match[3])
+        file_type = self.llm.metadata.get("general.file_type")
+        return MemoryUsage(
+            source="llama.cpp: llama_model_size; KV cache from llama.cpp's allocation log",
+            weights_bytes=self._llama_cpp.llama_model_size(self.llm._model.model),
+            weights_dtype=GGUF_FILE_TYPES.get(int(file_type)) if file_type is not None else None,
+            kv_cache_bytes=kv_bytes, kv_cache_tokens=kv_tokens,
+            kv_bytes_per_token=kv_bytes / kv_tokens if kv_bytes and kv_tokens else None, kv_dtype=kv_dtype,
+        )
 
     def _engine_metrics(self) -> dict[str, Any]:
         """llama.cpp's own counters since the context was created (llama_perf_context)."""
@@ -319,3 +382,32 @@ class LlamaCppEngine(Engine):
             "eval_tokens": perf.n_eval,
             "reused_prompt_tokens": getattr(perf, "n_reused", None),
         }
+
+
+@contextmanager
+def _llama_log(llama_cpp: Any, verbose: bool) -> Iterator[list[str]]:
+    """Collect what llama.cpp logs (it tells allocation sizes only there), echoing it when verbose;
+    llama-cpp-python's own log callback is put back afterwards."""
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+        if verbose:
+            print(lines[-1], end="", file=sys.stderr, flush=True)
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        from llama_cpp._logger import llama_log_callback
+
+        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
+
+
+def _log_softmax(logits):
+    """Along the last axis, in float64 (numpy)."""
+    import numpy as np
+
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

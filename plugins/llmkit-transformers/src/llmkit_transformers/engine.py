@@ -18,12 +18,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from llmkit.catalog import hf_folder
-from llmkit.decoding import DecodeState, top_logprobs
+from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_errors
-from llmkit.types import Capabilities, Completion, Quantization, Request, SamplingParams, StreamChunk
+from llmkit.types import Capabilities, Completion, MemoryUsage, Quantization, Request, SamplingParams, StreamChunk
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
+PLANNER_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class TransformersOptions(EngineOptions):
@@ -119,6 +120,26 @@ class TransformersEngine(Engine):
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
 
+    def _memory(self) -> MemoryUsage:
+        """Weights: the bytes of the loaded tensors. The KV cache is not preallocated (it grows with each
+        sequence), so its cost per token is measured on a 16-token prompt."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        model = self.hf_model
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        probe = 16
+        cache = DynamicCache(config=model.config)
+        with self._lock, torch.inference_mode():
+            model(input_ids=torch.full((1, probe), self._pad_id, device=self.device), use_cache=True, logits_to_keep=1,
+                  **{self._cache_kwarg: cache})
+        kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        kv_dtype = cache.layers[0].keys.dtype
+        dtype = "int8" if self.options.quantization is not None else PLANNER_DTYPES.get(str(model.dtype).removeprefix("torch."))
+        return MemoryUsage(source="transformers: bytes of the loaded tensors; KV cache measured on a 16-token prompt",
+                           weights_bytes=weights, weights_dtype=dtype, kv_bytes_per_token=kv / probe,
+                           kv_dtype=PLANNER_DTYPES.get(str(kv_dtype).removeprefix("torch.")))
+
     # ---- tokens ----------------------------------------------------------------------------------
 
     def _encode(self, request: Request) -> list[int]:
@@ -205,6 +226,7 @@ class TransformersEngine(Engine):
         cache = DynamicCache(config=self.hf_model.config)
         active = list(range(len(rows)))
         bitmask = self._grammars.allocate_bitmask(len(rows)) if params.constraint is not None else None
+        score_prompt = params.prompt_logprobs is not None  # the first forward then keeps every position's logits
 
         with torch.inference_mode(), map_engine_errors(self.backend):
             while active:
@@ -213,9 +235,15 @@ class TransformersEngine(Engine):
                     attention_mask=mask,
                     position_ids=positions,
                     use_cache=True,
-                    logits_to_keep=1,
+                    logits_to_keep=0 if score_prompt else 1,
                     **{self._cache_kwarg: cache},
                 )
+                if score_prompt:
+                    for i, row in enumerate(rows):
+                        ids = row.state.prompt_ids
+                        rows_logprobs = torch.log_softmax(out.logits[i, width - len(ids) : width - 1].float(), dim=-1)
+                        row.state.prompt_logprobs = prompt_logprobs(rows_logprobs, ids, params.prompt_logprobs, self._token_text)
+                    score_prompt = False
                 logits = out.logits[:, -1, :].float()
                 live = [rows[i] for i in active]
                 raw_logprobs = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None

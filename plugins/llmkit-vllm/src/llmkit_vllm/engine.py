@@ -7,7 +7,7 @@ would own a second engine core and KV cache.
 
 SamplingParams → vllm.SamplingParams (checked against vllm/sampling_params.py of 0.26.0 and 0.32.0;
 every field is sent explicitly, since vLLM's own max_tokens default is 16):
-    temperature, top_p, top_k, min_p, seed, n, stop, ignore_eos, logprobs,
+    temperature, top_p, top_k, min_p, seed, n, stop, ignore_eos, logprobs, prompt_logprobs,
     repetition_penalty, presence_penalty, frequency_penalty        same names, same meanings
     max_tokens                                                     max_tokens
     constraint  → structured_outputs=StructuredOutputsParams(choice|regex|json|grammar)
@@ -36,6 +36,7 @@ from llmkit.types import (
     Completion,
     Grammar,
     JsonSchema,
+    MemoryUsage,
     Regex,
     Request,
     RequestMetrics,
@@ -193,6 +194,7 @@ class VLLMEngine(Engine):
             stop=list(params.stop),
             ignore_eos=params.ignore_eos,
             logprobs=params.logprobs,
+            prompt_logprobs=params.prompt_logprobs,
             repetition_penalty=params.repetition_penalty,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
@@ -226,6 +228,7 @@ class VLLMEngine(Engine):
                         usage=Usage(prompt_tokens=len(out.prompt_token_ids), completion_tokens=len(seq.token_ids),
                                     cached_tokens=out.num_cached_tokens),
                         logprobs=self._logprobs(seq.token_ids, seq.logprobs, params.logprobs),
+                        prompt_logprobs=self._prompt_logprobs(out, params.prompt_logprobs),
                         prompt_index=prompt_index,
                         index=seq.index,
                         metrics=metrics,
@@ -258,6 +261,7 @@ class VLLMEngine(Engine):
                         text=seq.text,
                         token_ids=list(seq.token_ids),
                         logprobs=self._logprobs(seq.token_ids, seq.logprobs, params.logprobs),
+                        prompt_logprobs=self._prompt_logprobs(out, params.prompt_logprobs),
                     )
                     if finished:
                         chunk.finish_reason = _finish(seq.finish_reason)
@@ -302,6 +306,34 @@ class VLLMEngine(Engine):
             top = {tid: min(0.0, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= k}
             entries.append(TokenLogprob(token_id=token, token=chosen.decoded_token or "", logprob=min(0.0, chosen.logprob), top=top))
         return entries
+
+    def _memory(self) -> MemoryUsage:
+        """The KV blocks vLLM allocated (num_gpu_blocks × block_size, summed over tensor-parallel ranks),
+        at the bytes per token of vLLM's own model config. vLLM reports its weight memory only in the
+        workers' log, so weights stay None here; the conformance report adds the device's memory in use."""
+        config = self._engine.vllm_config
+        cache, model, parallel = config.cache_config, config.model_config, config.parallel_config
+        dtype = str(model.dtype).removeprefix("torch.") if cache.cache_dtype == "auto" else cache.cache_dtype
+        element = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 1 if dtype.startswith("fp8") else None)
+        tokens = (cache.num_gpu_blocks or 0) * cache.block_size
+        per_token = None
+        if element is not None:
+            per_rank = 2 * model.get_num_layers(parallel) * model.get_num_kv_heads(parallel) * model.get_head_size() * element
+            per_token = per_rank * parallel.tensor_parallel_size
+        return MemoryUsage(
+            source="vLLM: KV blocks allocated (cache_config.num_gpu_blocks × block_size), bytes per token from its model config",
+            kv_cache_tokens=tokens or None,
+            kv_bytes_per_token=per_token,
+            kv_cache_bytes=int(per_token * tokens) if per_token and tokens else None,
+            kv_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype),
+            weights_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(model.dtype).removeprefix("torch.")),
+        )
+
+    def _prompt_logprobs(self, out: Any, k: int | None) -> list[TokenLogprob | None] | None:
+        """vLLM sends them once (with the first delta when streaming); the first prompt token's is None."""
+        if k is None or not out.prompt_logprobs:
+            return None
+        return [None] + self._logprobs(out.prompt_token_ids[1:], out.prompt_logprobs[1:], k)
 
     def _engine_metrics(self) -> dict[str, Any]:
         """vLLM's own Prometheus metrics (gauges and counters; histograms as mean)."""
