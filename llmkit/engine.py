@@ -201,9 +201,11 @@ class Engine(ABC):
             raise InvalidRequestError("stream returns one sequence; n must be 1", parameter="n", value=params.n)
         return self._timed_stream(self._stream(requests[0], params))
 
-    def stats(self) -> EngineStats:
+    def stats(self, samples: bool = False) -> EngineStats:
+        """What the engine did since it was loaded or `reset_stats()`; `samples=True` adds every latency
+        sample (for distributions) beside the percentiles."""
         self._check_open()
-        return self._stats.summary(self.backend, self.model, self._engine_metrics())
+        return self._stats.summary(self.backend, self.model, self._engine_metrics(), samples)
 
     def memory(self) -> MemoryUsage | None:
         """Weights and KV-cache memory as the engine reports them (compare with `llmkit plan`)."""

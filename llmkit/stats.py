@@ -63,7 +63,7 @@ class StatsRecorder:
             self.aborted += int(aborted)
             self.busy_seconds += elapsed
 
-    def summary(self, backend: str, model: str, engine_metrics: dict[str, Any]) -> EngineStats:
+    def summary(self, backend: str, model: str, engine_metrics: dict[str, Any], samples: bool = False) -> EngineStats:
         with self._lock:
             hit_rate = None
             if self.cached_known and self.prompt_tokens:
@@ -77,10 +77,10 @@ class StatsRecorder:
                 completion_tokens=self.completion_tokens,
                 cached_prompt_tokens=self.cached_tokens,
                 busy_seconds=self.busy_seconds,
-                ttft=LatencySummary.of(self.ttft),
-                tpot=LatencySummary.of(self.tpot),
-                itl=LatencySummary.of(self.itl),
-                e2e=LatencySummary.of(self.e2e),
+                ttft=LatencySummary.of(self.ttft, samples),
+                tpot=LatencySummary.of(self.tpot, samples),
+                itl=LatencySummary.of(self.itl, samples),
+                e2e=LatencySummary.of(self.e2e, samples),
                 output_tokens_per_s=(self.completion_tokens / self.busy_seconds) if self.busy_seconds > 0 else None,
                 prefix_cache_hit_rate=hit_rate,
                 kv_cache_usage=kv_usage,

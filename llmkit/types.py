@@ -310,11 +310,12 @@ class LatencySummary(LLMKitModel):
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
+    values: list[float] | None = Field(None, description="The samples themselves, when asked for (stats(samples=True)).")
 
     @classmethod
-    def of(cls, values: list[float]) -> "LatencySummary":
+    def of(cls, values: list[float], keep: bool = False) -> "LatencySummary":
         if not values:
-            return cls()
+            return cls(values=[] if keep else None)
         ordered = sorted(values)
 
         def pct(q: float) -> float:  # linear interpolation, as numpy.percentile's default
@@ -322,7 +323,8 @@ class LatencySummary(LLMKitModel):
             lo, hi = math.floor(pos), math.ceil(pos)
             return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
-        return cls(count=len(ordered), mean=sum(ordered) / len(ordered), p50=pct(0.5), p90=pct(0.9), p99=pct(0.99))
+        return cls(count=len(ordered), mean=sum(ordered) / len(ordered), p50=pct(0.5), p90=pct(0.9), p99=pct(0.99),
+                   values=list(values) if keep else None)
 
 
 class EngineStats(LLMKitModel):

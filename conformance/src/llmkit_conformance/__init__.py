@@ -46,9 +46,9 @@ def register_commands(app):
                 started.append(name)
 
             report = run(backend, model, _parse_options(option), checks=names, performance=performance, on_progress=on_progress)
-        json_path, md_path = write(report, out)
+        json_path, md_path, html_path = write(report, out)
         console.print(md_path.read_text())
-        console.print(f"reports: {json_path}, {md_path}")
+        console.print(f"reports: {json_path}, {md_path}, {html_path}")
         counts = summary(report)
         raise typer.Exit(1 if counts["failed"] or counts["error"] else 0)
 
@@ -56,11 +56,21 @@ def register_commands(app):
     def compare_command(
         reports: list[Path] = typer.Argument(..., help="Report JSON files."),
         metric: str = typer.Option("tpot_ms", help="Tie-breaker after correctness: tpot_ms, ttft_ms or throughput."),
+        html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page with plots here."),
     ) -> None:
         """Rank backends: correctness first, then the chosen metric."""
-        from llmkit_conformance.report import compare
+        from llmkit_conformance.report import METRICS, compare
 
-        print(compare([json.loads(p.read_text()) for p in reports], metric))
+        if metric not in METRICS:
+            raise typer.BadParameter(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}", param_hint="--metric")
+        loaded = [json.loads(p.read_text()) for p in reports]
+        print(compare(loaded, metric))
+        if html is not None:
+            from llmkit_conformance.html import render
+
+            html.parent.mkdir(parents=True, exist_ok=True)
+            html.write_text(render(loaded, metric))
+            print(f"wrote {html}")
 
     @group.command("matrix")
     def matrix_command(

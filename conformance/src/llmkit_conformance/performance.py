@@ -28,7 +28,7 @@ def _tokens(engine: Any, text: str) -> int:
     return count if count is not None else max(1, len(text) // 4)
 
 
-def measure(engine: Any, *, requests: int = 5, output_tokens: int = 32, concurrency: tuple[int, ...] = (1, 4, 8),
+def measure(engine: Any, *, requests: int = 12, output_tokens: int = 32, concurrency: tuple[int, ...] = (1, 4, 8, 16),
             long_prefix_tokens: int = 1024) -> dict[str, Any]:
     caps = engine.capabilities()
     params = llmkit.greedy(max_tokens=output_tokens, ignore_eos=caps.supports("ignore_eos"))
@@ -39,7 +39,7 @@ def measure(engine: Any, *, requests: int = 5, output_tokens: int = 32, concurre
     for _ in range(requests):
         for _chunk in engine.stream(prompt(next(counter)), params):
             pass
-    stats = engine.stats()
+    stats = engine.stats(samples=True)
     latency = {
         "prompt_tokens": _tokens(engine, prompt(0)),
         "prompt_tokens_estimated": engine.count_tokens(prompt(0)) is None,
@@ -47,6 +47,7 @@ def measure(engine: Any, *, requests: int = 5, output_tokens: int = 32, concurre
         "ttft_ms": _ms(stats.ttft),
         "tpot_ms": _ms(stats.tpot),
         "itl_ms": _ms(stats.itl),
+        "samples_ms": {name: [v * 1000 for v in getattr(stats, name).values] for name in ("ttft", "tpot", "itl")},
     }
 
     throughput = []
@@ -55,7 +56,7 @@ def measure(engine: Any, *, requests: int = 5, output_tokens: int = 32, concurre
         start = time.perf_counter()
         out = engine.generate(batch, params)
         elapsed = time.perf_counter() - start
-        throughput.append({"concurrency": c, "output_tokens_per_s": sum(len(o.token_ids) for o in out) / elapsed})
+        throughput.append({"concurrency": c, "output_tokens_per_s": sum(o.usage.completion_tokens for o in out) / elapsed})
 
     # The seed's long-prefix experiment: the same long prefix twice, the second time (warm) it can
     # come from the prefix cache; a cold request uses a different prefix of the same length.

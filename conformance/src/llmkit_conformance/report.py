@@ -109,34 +109,20 @@ def _memory_lines(memory: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:
-    """Rank backends by correctness first (fewest failures and errors, then most passes), then by
-    `metric`, and say why the winner wins."""
+def ranking(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> tuple[list[dict[str, Any]], str]:
+    """Backends ranked by correctness first (fewest failures and errors, then most passes), then by
+    `metric`, and a sentence saying why the first one wins."""
     from llmkit_conformance.runner import summary
 
     get, better, label = METRICS[metric]
 
-    def metric_of(report):
-        perf = report.get("performance")
-        return get(perf) if perf else None
-
     def key(report):
         c = summary(report)
-        value = metric_of(report)
+        value = metric_of(report, metric)
         sign = 1 if better == "lower" else -1
         return (c["failed"] + c["error"], -c["passed"], sign * value if value is not None else float("inf"))
 
     ranked = sorted(reports, key=key)
-    names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
-    header = ["check"] + [f"{r['backend']}" for r in ranked]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for name in names:
-        row = [name]
-        for rep in ranked:
-            status = next((r["status"] for r in rep["checks"] if r["name"] == name), None)
-            row.append(MARK[status] if status else "not run")
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("| " + " | ".join([f"**{label}**"] + [_fmt(metric_of(r)) for r in ranked]) + " |")
     best, rest = ranked[0], ranked[1:]
     c = summary(best)
     reason = f"**Recommended: `{best['backend']}`** — {c['failed'] + c['error']} failures, {c['passed']} checks passed"
@@ -146,8 +132,37 @@ def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:
         if (rc["failed"] + rc["error"], -rc["passed"]) != (c["failed"] + c["error"], -c["passed"]):
             reason += f"; `{runner_up['backend']}` has {rc['failed'] + rc['error']} failures and {rc['passed']} passes"
         else:
-            reason += f"; equally correct as `{runner_up['backend']}`, and better on {label}: {_fmt(metric_of(best))} vs {_fmt(metric_of(runner_up))}"
-    return "\n".join(lines) + "\n\n" + reason + ".\n"
+            reason += (f"; equally correct as `{runner_up['backend']}`, and better on {label}: "
+                       f"{_fmt(metric_of(best, metric))} vs {_fmt(metric_of(runner_up, metric))}")
+    return ranked, reason + "."
+
+
+def metric_of(report: dict[str, Any], metric: str) -> float | None:
+    perf = report.get("performance")
+    return METRICS[metric][0](perf) if perf else None
+
+
+def compare(reports: list[dict[str, Any]], metric: str = "tpot_ms") -> str:
+    """The checks side by side, ranked (see `ranking`), with the chosen metric and held-out perplexity."""
+    ranked, reason = ranking(reports, metric)
+    label = METRICS[metric][2]
+    names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["checks"]))
+    header = ["check"] + [f"{r['backend']}" for r in ranked]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name in names:
+        row = [name]
+        for rep in ranked:
+            status = next((r["status"] for r in rep["checks"] if r["name"] == name), None)
+            row.append(MARK[status] if status else "not run")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("| " + " | ".join([f"**{label}**"] + [_fmt(metric_of(r, metric)) for r in ranked]) + " |")
+    lines.append("| " + " | ".join(["**held-out perplexity**"] + [_fmt(perplexity(r), 3) for r in ranked]) + " |")
+    return "\n".join(lines) + "\n\n" + reason + "\n"
+
+
+def perplexity(report: dict[str, Any]) -> float | None:
+    result = next((c for c in report["checks"] if c["name"] == "quality_perplexity"), None)
+    return (result or {}).get("data", {}).get("perplexity")
 
 
 def matrix(reports: list[dict[str, Any]]) -> str:

