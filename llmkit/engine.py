@@ -305,7 +305,7 @@ class Engine(ABC):
         caps = self.capabilities()
         for feature in params.features_used():
             if not caps.supports(feature):
-                raise UnsupportedFeatureError(self.backend, feature)
+                raise UnsupportedFeatureError(self.backend, feature, caps.limits.get(feature, ""))
         if any(r.messages is not None for r in requests) and not caps.chat:
             raise UnsupportedFeatureError(self.backend, "chat")
         if any(r.lora is not None for r in requests) and not caps.lora:

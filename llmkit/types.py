@@ -395,6 +395,9 @@ class Capabilities(LLMKitModel):
         False, description="Greedy output is the same whether a prompt runs alone or in a batch."
     )
     devices: tuple[str, ...] = ("cpu",)
+    limits: dict[str, str] = Field(
+        default_factory=dict, description="Why a feature is unsupported in this configuration (feature → reason)."
+    )
 
     def supports(self, feature: str) -> bool:
         if feature.startswith("constraint:"):

