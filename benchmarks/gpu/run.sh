@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 case "${1:-}" in
   test)
-    timeout 470 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" > "$OUT/vllm-tests.txt" 2>&1
+    timeout 560 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" > "$OUT/vllm-tests.txt" 2>&1
     grep -E "passed|failed|^FAILED|^E " "$OUT/vllm-tests.txt" | tail -15
     ;;
   conformance)
