@@ -113,6 +113,18 @@ def test_prompt_logprobs_are_the_same_alone_and_in_a_left_padded_batch(tiny_engi
             assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and len(b.top) == 2
 
 
+def test_prompt_scoring_batches_are_split_to_bound_logits_memory(tiny_engine, monkeypatch):
+    from llmkit_transformers import engine as module
+
+    params = greedy(max_tokens=2, prompt_logprobs=0)
+    whole = tiny_engine.generate(PROMPTS, params)
+    monkeypatch.setattr(module, "PROMPT_LOGITS_BUDGET", 1)  # one row per group
+    split = tiny_engine.generate(PROMPTS, params)
+    for a, b in zip(whole, split):
+        assert a.token_ids == b.token_ids
+        assert [e.logprob for e in a.prompt_logprobs[1:]] == pytest.approx([e.logprob for e in b.prompt_logprobs[1:]], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "constraint, check",
     [

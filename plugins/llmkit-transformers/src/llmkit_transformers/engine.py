@@ -25,6 +25,9 @@ from llmkit.types import Capabilities, Completion, MemoryUsage, Quantization, Re
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
 PLANNER_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# Most logits (elements) one prompt-scoring step may hold: 2^28 is 1 GiB in float32. Larger batches of
+# prompt_logprobs requests are decoded in smaller groups.
+PROMPT_LOGITS_BUDGET = 2**28
 
 
 class TransformersOptions(EngineOptions):
@@ -187,9 +190,13 @@ class TransformersEngine(Engine):
     def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
         rows = self._rows(requests, params)
         start = time.perf_counter()
+        group = self.options.max_batch_size
+        if params.prompt_logprobs is not None:  # the first step keeps rows × prompt length × vocabulary logits
+            longest = max(len(r.state.prompt_ids) for r in rows)
+            group = max(1, min(group, PROMPT_LOGITS_BUDGET // (longest * self._vocab_size)))
         with self._lock:
-            for first in range(0, len(rows), self.options.max_batch_size):
-                for _ in self._decode(rows[first : first + self.options.max_batch_size], params, start):
+            for first in range(0, len(rows), group):
+                for _ in self._decode(rows[first : first + group], params, start):
                     pass
         return [row.state.completion() for row in rows]
 
