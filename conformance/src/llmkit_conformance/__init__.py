@@ -1,5 +1,6 @@
 """llmkit's conformance suite: check any registered backend against the interface, measure it, and
-recommend one. Adds `llmkit conformance run | compare | matrix` to the command line."""
+recommend one. Adds `llmkit conformance run | compare | matrix | parity` to the command line; the same
+checks run under pytest through `llmkit_conformance.pytest_plugin`."""
 
 from __future__ import annotations
 
