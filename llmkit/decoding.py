@@ -167,7 +167,7 @@ def top_logprobs(logprobs_row, token: int, k: int, token_text: Callable[[int], s
     return TokenLogprob(token_id=token, token=token_text(token), logprob=min(0.0, float(logprobs_row[token])), top=top)
 
 
-def prompt_logprobs(rows, prompt_ids: list[int], k: int, token_text: Callable[[int], str]) -> list[TokenLogprob | None]:
-    """vLLM's prompt_logprobs from log-probability rows, where `rows[i]` is the distribution that
-    predicted `prompt_ids[i + 1]`; the first prompt token has no entry (None)."""
-    return [None] + [top_logprobs(rows[i], token, k, token_text) for i, token in enumerate(prompt_ids[1:])]
+def prompt_logprobs(rows, next_tokens: list[int], k: int, token_text: Callable[[int], str]) -> list[TokenLogprob]:
+    """Prompt logprob entries from log-probability rows, where `rows[i]` is the distribution that
+    predicted `next_tokens[i]` (vLLM's list starts with None for the first prompt token; callers add it)."""
+    return [top_logprobs(row, token, k, token_text) for row, token in zip(rows, next_tokens)]

@@ -18,6 +18,15 @@ WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, 
 KV_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 
+def dtype_name(dtype: Any) -> str:
+    """An engine's name for an element type (torch.bfloat16, "float16", llama.cpp's "f16", vLLM's
+    "fp8_e4m3") as the tables above name it; an unknown name comes back unchanged."""
+    name = str(dtype).removeprefix("torch.")
+    if name.startswith("fp8") or name.startswith("float8"):
+        return "fp8"
+    return {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "float16": "fp16", "f16": "fp16"}.get(name, name)
+
+
 @dataclass(frozen=True)
 class Shape:
     vocab: int

@@ -38,3 +38,12 @@ def test_plan_matches_what_the_reference_engine_allocates(tiny_engine):
     assert usage.weights_dtype == usage.kv_dtype == "fp32"
     assert rows["weights (fp32)"]["ratio"] == pytest.approx(1.0, abs=1e-3)  # buffers (rotary) are the only extra
     assert rows["KV cache per token (fp32)"]["ratio"] == 1.0
+
+
+def test_engine_dtype_names_map_to_the_planner_tables():
+    import torch
+
+    from llmkit.planner import dtype_name
+
+    assert [dtype_name(d) for d in (torch.float32, torch.bfloat16, "float16", "f16", "fp8_e4m3")] == ["fp32", "bf16", "fp16", "fp16", "fp8"]
+    assert dtype_name("q8_0") == "q8_0"  # llama.cpp's quantized KV cache: not in KV_BYTES, so not compared

@@ -12,7 +12,7 @@ import html
 import math
 from typing import Any
 
-from llmkit_conformance.report import MARK, _mib, ranking, where
+from llmkit_conformance.report import MARK, format_bytes, ranking, where
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 WIDTH, PLOT_HEIGHT, MARGIN = 460, 280, (12, 20, 45, 60)  # top, right, bottom, left; the legend goes below
@@ -185,8 +185,8 @@ def _memory_tables(reports: list[dict[str, Any]]) -> str:
         memory = r.get("memory") or {}
         if not memory.get("plan"):
             continue
-        rows = "".join(f"<tr><td>{html.escape(p['quantity'])}</td><td>{_mib(p['planned_bytes'])}</td>"
-                       f"<td>{_mib(p['engine_bytes'])}</td><td>{p['ratio']:.3f}</td></tr>" for p in memory["plan"])
+        rows = "".join(f"<tr><td>{html.escape(p['quantity'])}</td><td>{format_bytes(p['planned_bytes'])}</td>"
+                       f"<td>{format_bytes(p['engine_bytes'])}</td><td>{p['ratio']:.3f}</td></tr>" for p in memory["plan"])
         source = html.escape((memory.get("engine") or {}).get("source", ""))
         out.append(f"<h3>{html.escape(_label(r))}</h3><p class='note'>{source}</p><table><tr><th>quantity</th>"
                    f"<th>llmkit plan</th><th>engine</th><th>engine / plan</th></tr>{rows}</table>")

@@ -1,4 +1,5 @@
-"""The conformance checks as pytest tests (registered under the `pytest11` entry point).
+"""The conformance checks as pytest tests (registered under the `pytest11` entry point; install
+`llmkit-conformance[pytest]`).
 
 Against any installed backend, from the command line:
 

@@ -79,7 +79,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mib(value: float | None) -> str:
+def format_bytes(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value / 2**10:,.2f} KiB" if value < 2**20 else f"{value / 2**20:,.2f} MiB"
@@ -94,16 +94,16 @@ def _memory_lines(memory: dict[str, Any] | None) -> list[str]:
         lines.append(f"Engine figures: {engine['source']}.")
     if memory.get("plan"):
         lines += ["", "| quantity | `llmkit plan` | engine | engine / plan |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['quantity']} | {_mib(r['planned_bytes'])} | {_mib(r['engine_bytes'])} | {r['ratio']:.3f} |"
+        lines += [f"| {r['quantity']} | {format_bytes(r['planned_bytes'])} | {format_bytes(r['engine_bytes'])} | {r['ratio']:.3f} |"
                   for r in memory["plan"]]
     if memory.get("note"):
         lines += ["", f"No comparison: {memory['note']}."]
     extra = []
     if memory.get("device"):
         d = memory["device"]
-        extra.append(f"{d['device']}: {_mib(d['used_bytes'])} in use of {_mib(d['total_bytes'])}")
+        extra.append(f"{d['device']}: {format_bytes(d['used_bytes'])} in use of {format_bytes(d['total_bytes'])}")
     if memory.get("process_tree_rss_bytes"):
-        extra.append(f"resident set of the process tree after the run: {_mib(memory['process_tree_rss_bytes'])}")
+        extra.append(f"resident set of the process tree after the run: {format_bytes(memory['process_tree_rss_bytes'])}")
     if extra:
         lines += ["", "Measured: " + "; ".join(extra) + "."]
     return lines

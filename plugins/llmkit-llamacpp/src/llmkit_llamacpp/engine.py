@@ -42,6 +42,7 @@ from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
 from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
+from llmkit.planner import dtype_name
 from llmkit.types import (
     Capabilities,
     Choice,
@@ -329,13 +330,14 @@ class LlamaCppEngine(Engine):
 
     def _score_all_but_last(self, prompt: list[int], k: int) -> list:
         """Evaluate all prompt tokens but the last from an empty cache, as `_prefill_all_but_last` does,
-        keeping every position's logits: row i predicts prompt[i + 1], the last row the final token."""
+        keeping every position's logits: position i predicts prompt[i + 1]. Entries are made batch by
+        batch, so at most `n_batch` rows of logits are held at once."""
         import numpy as np
 
         llm = self.llm
         llm.n_tokens = 0
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        rows = []
+        entries: list = [None]
         head = prompt[:-1]
         for i in range(0, len(head), llm.n_batch):
             batch = head[i : i + llm.n_batch]
@@ -343,10 +345,10 @@ class LlamaCppEngine(Engine):
             with map_engine_errors(self.backend):
                 llm._ctx.decode(llm._batch)
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch), self._n_vocab)).astype(np.float64)
-            rows.extend(_log_softmax(logits))
+            entries += prompt_logprobs(_log_softmax(logits), prompt[i + 1 : i + 1 + len(batch)], k, self._token_text)
             llm.input_ids[llm.n_tokens : llm.n_tokens + len(batch)] = batch
             llm.n_tokens += len(batch)
-        return prompt_logprobs(rows, prompt, k, self._token_text)
+        return entries
 
     def _last_logprobs(self):
         import numpy as np
@@ -362,7 +364,7 @@ class LlamaCppEngine(Engine):
         kv_bytes = kv_tokens = kv_dtype = None
         if match is not None:
             kv_bytes, kv_tokens = round(float(match[1]) * 2**20), int(match[2])
-            kv_dtype = {"f16": "fp16", "f32": "fp32", "bf16": "bf16", "q8_0": "int8"}.get(match[3], match[3])
+            kv_dtype = dtype_name(match[3])
         file_type = self.llm.metadata.get("general.file_type")
         return MemoryUsage(
             source="llama.cpp: llama_model_size; KV cache from llama.cpp's allocation log",

@@ -21,10 +21,10 @@ from llmkit.catalog import hf_folder
 from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_errors
+from llmkit.planner import dtype_name
 from llmkit.types import Capabilities, Completion, MemoryUsage, Quantization, Request, SamplingParams, StreamChunk
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
-PLANNER_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # Most logits (elements) one prompt-scoring step may hold: 2^28 is 1 GiB in float32. Larger batches of
 # prompt_logprobs requests are decoded in smaller groups.
 PROMPT_LOGITS_BUDGET = 2**28
@@ -138,10 +138,10 @@ class TransformersEngine(Engine):
                   **{self._cache_kwarg: cache})
         kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
         kv_dtype = cache.layers[0].keys.dtype
-        dtype = "int8" if self.options.quantization is not None else PLANNER_DTYPES.get(str(model.dtype).removeprefix("torch."))
+        dtype = "int8" if self.options.quantization is not None else dtype_name(model.dtype)
         return MemoryUsage(source="transformers: bytes of the loaded tensors; KV cache measured on a 16-token prompt",
                            weights_bytes=weights, weights_dtype=dtype, kv_bytes_per_token=kv / probe,
-                           kv_dtype=PLANNER_DTYPES.get(str(kv_dtype).removeprefix("torch.")))
+                           kv_dtype=dtype_name(kv_dtype))
 
     # ---- tokens ----------------------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class TransformersEngine(Engine):
                     for i, row in enumerate(rows):
                         ids = row.state.prompt_ids
                         rows_logprobs = torch.log_softmax(out.logits[i, width - len(ids) : width - 1].float(), dim=-1)
-                        row.state.prompt_logprobs = prompt_logprobs(rows_logprobs, ids, params.prompt_logprobs, self._token_text)
+                        row.state.prompt_logprobs = [None] + prompt_logprobs(rows_logprobs, ids[1:], params.prompt_logprobs, self._token_text)
                     score_prompt = False
                 logits = out.logits[:, -1, :].float()
                 live = [rows[i] for i in active]

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field
 from llmkit.catalog import hf_folder
 from llmkit.engine import Engine, EngineOptions
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
+from llmkit.planner import KV_BYTES, dtype_name
 from llmkit.types import (
     Capabilities,
     Choice,
@@ -320,20 +321,19 @@ class VLLMEngine(Engine):
         workers' log, so weights stay None here; the conformance report adds the device's memory in use."""
         config = self._engine.vllm_config
         cache, model, parallel = config.cache_config, config.model_config, config.parallel_config
-        dtype = str(model.dtype).removeprefix("torch.") if cache.cache_dtype == "auto" else cache.cache_dtype
-        element = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 1 if dtype.startswith("fp8") else None)
+        kv_dtype = dtype_name(model.dtype if cache.cache_dtype == "auto" else cache.cache_dtype)
         tokens = (cache.num_gpu_blocks or 0) * cache.block_size
         per_token = None
-        if element is not None:
-            per_rank = 2 * model.get_num_layers(parallel) * model.get_num_kv_heads(parallel) * model.get_head_size() * element
+        if kv_dtype in KV_BYTES:
+            per_rank = 2 * model.get_num_layers(parallel) * model.get_num_kv_heads(parallel) * model.get_head_size() * KV_BYTES[kv_dtype]
             per_token = per_rank * parallel.tensor_parallel_size
         return MemoryUsage(
             source="vLLM: KV blocks allocated (cache_config.num_gpu_blocks × block_size), bytes per token from its model config",
             kv_cache_tokens=tokens or None,
             kv_bytes_per_token=per_token,
             kv_cache_bytes=int(per_token * tokens) if per_token and tokens else None,
-            kv_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype),
-            weights_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(model.dtype).removeprefix("torch.")),
+            kv_dtype=kv_dtype,
+            weights_dtype=dtype_name(model.dtype),
         )
 
     def _prompt_logprobs(self, out: Any, k: int | None) -> list[TokenLogprob | None] | None:
