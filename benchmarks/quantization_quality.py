@@ -24,7 +24,7 @@ METHODS = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
 
 
 def score(model: str) -> dict:
-    with llmkit.load("llamacpp", model, n_ctx=2048) as engine:
+    with llmkit.load("llamacpp", model, max_model_len=2048) as engine:
         ppl = run_check("quality_perplexity", engine)
         sentiment = run_check("quality_sentiment", engine)
     return {"perplexity": ppl.data.get("perplexity"), "perplexity_status": ppl.status,

@@ -15,6 +15,7 @@ from typing import Any
 # Bytes per weight, including per-block scales for the GGUF formats (bits per weight / 8).
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "q8_0": 8.5 / 8, "q6_k": 6.5625 / 8,
                 "q5_k_m": 5.5 / 8, "q4_k_m": 4.5 / 8, "q4_1": 5.0 / 8, "q4_0": 4.5 / 8, "int4": 0.5}
+WEIGHT_BITS = {name: size * 8 for name, size in WEIGHT_BYTES.items()}
 KV_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 

@@ -12,11 +12,19 @@ import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from llmkit.errors import InvalidRequestError
 
 FinishReason = Literal["stop", "length", "abort", "error"]
+# Integers that must be integers: `True` is not a token id and 5.0 is not a count.
+StrictInt = Annotated[int, Strict()]
+# Temperatures below this are greedy decoding (the limit as T → 0), as in vLLM (_SAMPLING_EPS): dividing
+# logits by 1e-40 overflows to inf/NaN in every engine's kernels.
+GREEDY_BELOW = 1e-5
+# The smallest top_p accepted: smaller values underflow to 0 in float32 (1e-300 does) and would keep no
+# token at all. For "only the most likely token" use top_k=1 or temperature=0.
+TOP_P_MIN = 1e-6
 
 
 class LLMKitModel(BaseModel):
@@ -46,8 +54,23 @@ def invalid_request_from(exc: ValidationError, where: str) -> InvalidRequestErro
 # --------------------------------------------------------------------------------------------------
 
 
-class Choice(LLMKitModel):
+class _OneField(LLMKitModel):
+    """A constraint whose one field may be given positionally: `Choice(["a", "b"])`, `Regex(r"[0-9]+")`."""
+
+    _positional: ClassVar[str]
+
+    def __init__(self, value: Any = None, /, **data: Any) -> None:
+        if value is not None:
+            if self._positional in data or type(self).model_fields[self._positional].alias in data:
+                raise InvalidRequestError(f"{type(self).__name__}: {self._positional} given twice", parameter=self._positional)
+            data[self._positional] = value
+        super().__init__(**data)
+
+
+class Choice(_OneField):
     """The output is exactly one of `choices`."""
+
+    _positional: ClassVar[str] = "choices"
 
     kind: Literal["choice"] = "choice"
     choices: list[str] = Field(min_length=1, description="Allowed outputs, each non-empty, no duplicates.")
@@ -62,8 +85,11 @@ class Choice(LLMKitModel):
         return choices
 
 
-class Regex(LLMKitModel):
-    """The whole output matches `pattern` (anchored at both ends)."""
+class Regex(_OneField):
+    """The whole output matches `pattern` as Python's `re.fullmatch` does (that is llmkit's one regex
+    dialect: Unicode classes, inline flags; engines get an exact translation or refuse the pattern)."""
+
+    _positional: ClassVar[str] = "pattern"
 
     kind: Literal["regex"] = "regex"
     pattern: str = Field(min_length=1, description="A regular expression the whole output must match.")
@@ -78,8 +104,10 @@ class Regex(LLMKitModel):
         return pattern
 
 
-class JsonSchema(LLMKitModel):
-    """The output is JSON valid under `schema` (a JSON Schema document)."""
+class JsonSchema(_OneField):
+    """The output is JSON valid under `schema` (a JSON Schema document, a JSON string, or a pydantic model)."""
+
+    _positional: ClassVar[str] = "schema_"
 
     kind: Literal["json_schema"] = "json_schema"
     schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema (draft 2020-12) document.")
@@ -109,9 +137,11 @@ class JsonSchema(LLMKitModel):
         return json.dumps(self.schema_)
 
 
-class Grammar(LLMKitModel):
+class Grammar(_OneField):
     """The output is derivable from `grammar`, written in GBNF (llama.cpp's EBNF dialect, which
     xgrammar and vLLM also read), with start symbol `root`."""
+
+    _positional: ClassVar[str] = "grammar"
 
     kind: Literal["grammar"] = "grammar"
     grammar: str = Field(min_length=1, description="Grammar text in GBNF; the start rule is `root`.")
@@ -137,18 +167,25 @@ class SamplingParams(LLMKitModel):
     """How to sample. Every field is sent to the engine; unsupported non-neutral values raise
     `UnsupportedFeatureError` before the engine runs."""
 
-    temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass in (0, 1]; 1 is off.")
-    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 is off.")
+    temperature: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description=f"0 means greedy decoding; so does any value below {GREEDY_BELOW} (the limit as T → 0, as vLLM treats it). "
+        "Engines may accept a narrower range (Capabilities.ranges).",
+    )
+    top_p: float = Field(1.0, ge=TOP_P_MIN, le=1.0, description=f"Nucleus sampling mass in [{TOP_P_MIN}, 1]; 1 is off.")
+    top_k: StrictInt = Field(0, ge=0, description="Keep the k most likely tokens; 0 is off.")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens below min_p × the top probability; 0 is off.")
-    max_tokens: int = Field(256, ge=1, description="Most tokens to generate (llmkit's default: 256).")
+    max_tokens: StrictInt = Field(
+        256, ge=0, description="Most tokens to generate (llmkit's default: 256). 0 scores the prompt without generating "
+        "(needs prompt_logprobs).",
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end generation; not included in the output.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Per-request RNG seed; None is nondeterministic.")
-    n: int = Field(1, ge=1, le=128, description="Samples per prompt.")
-    logprobs: int | None = Field(
+    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1, description="Per-request RNG seed; None is nondeterministic.")
+    n: StrictInt = Field(1, ge=1, le=128, description="Samples per prompt.")
+    logprobs: StrictInt | None = Field(
         None, ge=0, le=20, description="Return the sampled token's logprob and this many top alternatives; None is off."
     )
-    prompt_logprobs: int | None = Field(
+    prompt_logprobs: StrictInt | None = Field(
         None, ge=0, le=20,
         description="Also score the prompt: each prompt token's logprob and this many top alternatives (vLLM's "
         "meaning); None is off. Engines with a prefix cache recompute the prompt for such a request.",
@@ -188,15 +225,23 @@ class SamplingParams(LLMKitModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> "SamplingParams":
-        if self.temperature == 0.0 and self.n > 1:
-            raise ValueError("n > 1 needs temperature > 0: greedy samples would all be identical")
+        if self.greedy and self.n > 1:
+            raise ValueError(f"n > 1 needs temperature >= {GREEDY_BELOW}: greedy samples would all be identical")
         if self.ignore_eos and self.constraint is not None:
             raise ValueError("ignore_eos cannot be combined with a constraint: the grammar decides where output ends")
+        if self.max_tokens == 0 and self.prompt_logprobs is None:
+            raise ValueError("max_tokens=0 generates nothing: it is for scoring a prompt, with prompt_logprobs set")
         return self
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Greedy decoding: temperature 0, or below GREEDY_BELOW."""
+        return self.temperature < GREEDY_BELOW
+
+    @property
+    def scoring_only(self) -> bool:
+        """max_tokens=0: the prompt is scored (prompt_logprobs) and nothing is generated."""
+        return self.max_tokens == 0
 
     def features_used(self) -> list[str]:
         """Names of the non-neutral features this request uses (a constraint is named by its kind)."""
@@ -229,7 +274,7 @@ class Request(LLMKitModel):
 
     prompt: str | None = None
     messages: list[Message] | None = None
-    prompt_token_ids: list[int] | None = Field(None, description="Token ids, for engines that take them.")
+    prompt_token_ids: list[StrictInt] | None = Field(None, description="Token ids, for engines that take them.")
     lora: str | None = Field(None, description="Path of a LoRA adapter (PEFT folder) to apply to this request only.")
 
     @model_validator(mode="after")
@@ -251,7 +296,8 @@ class Request(LLMKitModel):
 class TokenLogprob(LLMKitModel):
     token_id: int
     token: str
-    logprob: float = Field(le=0.0)
+    logprob: float = Field(description="A log-probability: <= 0 up to rounding. Not clamped: a positive value is a bug to see.")
+    rank: int | None = Field(None, ge=1, description="1 + how many tokens were more likely (1: the top choice), as vLLM reports it.")
     top: dict[int, float] = Field(default_factory=dict, description="Top alternatives: token id → logprob.")
 
 
@@ -310,7 +356,9 @@ class LatencySummary(LLMKitModel):
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
-    values: list[float] | None = Field(None, description="The samples themselves, when asked for (stats(samples=True)).")
+    values: list[float] | None = Field(
+        None, description="The samples themselves, when asked for (stats(samples=True)): the most recent 10,000."
+    )
 
     @classmethod
     def of(cls, values: list[float], keep: bool = False) -> "LatencySummary":
@@ -336,7 +384,7 @@ class EngineStats(LLMKitModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
-    busy_seconds: float = Field(0.0, description="Wall time spent inside generate/stream calls.")
+    busy_seconds: float = Field(0.0, description="Wall time during which at least one request was in flight.")
     ttft: LatencySummary = Field(default_factory=LatencySummary)
     tpot: LatencySummary = Field(default_factory=LatencySummary)
     itl: LatencySummary = Field(default_factory=LatencySummary)
@@ -374,6 +422,27 @@ class MemoryUsage(LLMKitModel):
     kv_dtype: str | None = None
 
 
+class SpecialTokens(LLMKitModel):
+    """The model's special token ids as the engine uses them (None where the engine cannot tell)."""
+
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = Field(default_factory=list, description="Every id that ends generation.")
+    pad_token_id: int | None = None
+    adds_bos: bool | None = Field(None, description="Whether tokenizing a raw prompt puts BOS first.")
+
+
+class WeightsInfo(LLMKitModel):
+    """Which numbers actually ran: the same catalog name can be a Q4_1 GGUF on one engine and a float32
+    copy on another. Reports and `compare` show it, and warn when backends ran different weights."""
+
+    format: str = Field(description="gguf, safetensors, ollama, dummy, ...")
+    dtype: str | None = Field(None, description="As llmkit.planner names it: fp32, bf16, q4_1, fp8, int8, ...")
+    bits: float | None = Field(None, description="Bits per weight (nominal, e.g. 5.0 for q4_1).")
+    kv_cache_dtype: str | None = None
+    quantization: str | None = Field(None, description="Load-time or checkpoint quantization method, if any.")
+    source: str | None = Field(None, description="File or folder the weights came from.")
+
+
 class Capabilities(LLMKitModel):
     """What a backend can do, readable without loading a model."""
 
@@ -397,6 +466,11 @@ class Capabilities(LLMKitModel):
     devices: tuple[str, ...] = ("cpu",)
     limits: dict[str, str] = Field(
         default_factory=dict, description="Why a feature is unsupported in this configuration (feature → reason)."
+    )
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Narrower bounds than llmkit's for a SamplingParams field (e.g. vLLM: temperature in [0, 2]); "
+        "checked before the engine runs.",
     )
 
     def supports(self, feature: str) -> bool:

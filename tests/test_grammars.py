@@ -3,7 +3,7 @@ the structure and the refusals."""
 
 import pytest
 
-from llmkit.grammars import RegexNotExpressible, choice_gbnf, gbnf_literal, regex_gbnf
+from llmkit.kit.grammars import RegexNotExpressible, choice_gbnf, gbnf_literal, regex_gbnf
 
 
 def test_literal_escapes():

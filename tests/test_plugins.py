@@ -11,7 +11,7 @@ from llmkit.plugins import get_backend, reset_plugin_manager
 
 THIRD_PARTY_ENGINE = '''
 from llmkit.engine import Engine
-from llmkit.types import Capabilities, Completion, StreamChunk, Usage
+from llmkit.types import Capabilities, StreamChunk, Usage
 
 IMPORTED = True
 
@@ -32,20 +32,15 @@ class ReverseEngine(Engine):
     def _tokenize(self, request):
         return None  # like Ollama: only the engine knows
 
-    def _generate(self, requests, params):
-        out = []
-        for i, r in enumerate(requests):
-            text = r.prompt[::-1][: params.max_tokens]
-            out.append(Completion(text=text, token_ids=[ord(c) for c in text], finish_reason="length",
-                                  usage=Usage(prompt_tokens=len(r.prompt), completion_tokens=len(text)), prompt_index=i))
-        return out
-
-    def _stream(self, request, params):
-        text = request.prompt[::-1][: params.max_tokens]
+    def _submit(self, generation):
+        """The simplest adapter: produce everything at once (the channel buffers it)."""
+        prompt, params = generation.request.prompt, generation.params
+        text = prompt[::-1][: params.max_tokens]
         for j, ch in enumerate(text):
             last = j == len(text) - 1
-            yield StreamChunk(text=ch, token_ids=[ord(ch)], finish_reason="length" if last else None,
-                              usage=Usage(prompt_tokens=len(request.prompt), completion_tokens=len(text)) if last else None)
+            generation.push(StreamChunk(text=ch, token_ids=[ord(ch)], finish_reason="length" if last else None,
+                                        usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(text)) if last else None))
+        generation.end()
 '''
 
 

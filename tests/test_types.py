@@ -13,9 +13,12 @@ from llmkit import Choice, Grammar, InvalidRequestError, JsonSchema, Regex, Samp
     [
         ("temperature", math.nan, "finite"),
         ("temperature", -0.1, "greater than or equal to 0"),
-        ("top_p", 0.0, "greater than 0"),
+        ("top_p", 0.0, "greater than or equal to 0.000001"),
+            ("top_p", 1e-300, "greater than or equal to 0.000001"),
         ("top_p", 1.5, "less than or equal to 1"),
-        ("max_tokens", 0, "greater than or equal to 1"),
+        ("max_tokens", -1, "greater than or equal to 0"),
+            ("max_tokens", True, "valid integer"),
+            ("top_k", 2.0, "valid integer"),
         ("top_k", -1, "greater than or equal to 0"),
         ("min_p", 2.0, "less than or equal to 1"),
         ("presence_penalty", 3.0, "less than or equal to 2"),
@@ -91,7 +94,7 @@ def test_json_schema_accepts_pydantic_model_and_string():
 
 
 def test_cross_field_rules():
-    with pytest.raises(InvalidRequestError, match="n > 1 needs temperature > 0"):
+    with pytest.raises(InvalidRequestError, match="n > 1 needs temperature >= 1e-05"):
         SamplingParams(temperature=0, n=2)
     with pytest.raises(InvalidRequestError, match="ignore_eos cannot be combined"):
         SamplingParams(ignore_eos=True, constraint=Choice(choices=["a"]))
@@ -135,3 +138,36 @@ def test_map_engine_errors_wraps_unknown_and_chains():
     with pytest.raises(InvalidRequestError):
         with map_engine_errors("x", {ValueError: InvalidRequestError}):
             raise ValueError("bad")
+
+
+def test_max_tokens_zero_is_for_scoring_only():
+    with pytest.raises(InvalidRequestError, match="prompt_logprobs"):
+        SamplingParams(max_tokens=0)
+    assert SamplingParams(max_tokens=0, prompt_logprobs=0).scoring_only
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-40, 9.9e-6])
+def test_tiny_temperatures_are_greedy(temperature):
+    """T → 0 is argmax; dividing logits by 1e-40 overflows in every engine (NaN probabilities seen)."""
+    assert SamplingParams(temperature=temperature).greedy
+    with pytest.raises(InvalidRequestError, match="n > 1"):
+        SamplingParams(temperature=temperature, n=2)
+    assert not SamplingParams(temperature=1e-5).greedy
+
+
+@pytest.mark.parametrize("ids", [[True], [1, False], [1.0]])
+def test_token_ids_are_strict_integers(ids):
+    with pytest.raises(InvalidRequestError) as info:
+        llmkit.Request(prompt_token_ids=ids)
+    assert info.value.parameter.startswith("prompt_token_ids")
+
+
+def test_constraints_take_their_field_positionally():
+    assert Choice(["a", "b"]) == Choice(choices=["a", "b"])
+    assert Regex(r"[0-9]+").pattern == "[0-9]+"
+    assert JsonSchema({"type": "string"}).schema_ == {"type": "string"}
+    assert Grammar('root ::= "x"').grammar == 'root ::= "x"'
+    with pytest.raises(InvalidRequestError, match="given twice"):
+        Choice(["a"], choices=["b"])
+    with pytest.raises(InvalidRequestError):
+        Choice("ab")  # a string is not a list of choices

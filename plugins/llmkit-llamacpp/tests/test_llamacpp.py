@@ -142,7 +142,7 @@ def test_cancelled_stream_leaves_engine_healthy(llamacpp_engine):
 
 
 def test_prompt_too_long_and_context_option():
-    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, n_ctx=64) as engine:
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, max_model_len=64) as engine:
         limit = engine.context_length
         assert limit == 256  # llama.cpp rounds n_ctx up to a multiple of 256
         with pytest.raises(llmkit.PromptTooLongError):

@@ -113,12 +113,14 @@ def test_prompt_logprobs_are_the_same_alone_and_in_a_left_padded_batch(tiny_engi
             assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and len(b.top) == 2
 
 
-def test_prompt_scoring_batches_are_split_to_bound_logits_memory(tiny_engine, monkeypatch):
+def test_prompt_scoring_is_chunked_to_bound_logits_memory(tiny_engine, monkeypatch):
+    """A scored prompt is prefilled in chunks of PROMPT_LOGITS_BUDGET // vocabulary positions, so a long
+    prompt never holds length × vocabulary logits at once; the scores do not change."""
     from llmkit_transformers import engine as module
 
     params = greedy(max_tokens=2, prompt_logprobs=0)
     whole = tiny_engine.generate(PROMPTS, params)
-    monkeypatch.setattr(module, "PROMPT_LOGITS_BUDGET", 1)  # one row per group
+    monkeypatch.setattr(module, "PROMPT_LOGITS_BUDGET", 3 * tiny_engine._vocab_size)  # 3 positions per chunk
     split = tiny_engine.generate(PROMPTS, params)
     for a, b in zip(whole, split):
         assert a.token_ids == b.token_ids
@@ -186,12 +188,12 @@ def test_multibyte_text_is_never_split_in_a_stream(tiny_engine):
     text = "naïve 😀 中文"
     ids = tokenizer(text).input_ids
     assert len(ids) > len(text) - 3  # several tokens per multi-byte character
-    from llmkit.decoding import DecodeState
+    from llmkit.kit.decoding import DecodeState
 
-    state = DecodeState([1], greedy(max_tokens=100), tiny_engine._decode_text, 512)
+    state = DecodeState([1], greedy(max_tokens=100), tiny_engine.encoder.decode, 512)
     pieces = []
-    for i, token in enumerate(ids):
-        state.append(token, now=float(i))
+    for token in ids:
+        state.append(token)
         pieces.append(state.take_chunk().text)
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
@@ -235,7 +237,7 @@ def test_stats_are_measured(tiny_engine):
     s = tiny_engine.stats()
     assert s.requests == 4 and s.completion_tokens == 32
     assert s.prompt_tokens == sum(tiny_engine.count_tokens(p) for p in PROMPTS) + tiny_engine.count_tokens(PROMPTS[0])
-    assert s.ttft.count == 4 and s.tpot.count == 4 and s.itl.count == 7
+    assert s.ttft.count == 4 and s.tpot.count == 4 and s.itl.count == 4 * 7
     assert 0 < s.ttft.mean < s.e2e.mean
     assert s.output_tokens_per_s > 0
 
@@ -293,14 +295,14 @@ def test_lora_requests_are_refused_where_unsupported(tiny_engine):
 def test_each_prompt_is_tokenized_once(tiny_engine, monkeypatch):
     """The core's length check tokenizes; the adapter then gets token ids and does not tokenize again."""
     texts = []
-    encode = tiny_engine._encode
+    encode = tiny_engine.encoder.encode
 
     def counting(request):
         if request.prompt_token_ids is None:
             texts.append(request)
         return encode(request)
 
-    monkeypatch.setattr(tiny_engine, "_encode", counting)
+    monkeypatch.setattr(tiny_engine.encoder, "encode", counting)
     tiny_engine.generate(PROMPTS, greedy(max_tokens=2))
     list(tiny_engine.stream(PROMPTS[0], greedy(max_tokens=2)))
     assert len(texts) == len(PROMPTS) + 1

@@ -1,23 +1,16 @@
-"""llama.cpp through llama-cpp-python, driving `Llama.generate` token by token.
+"""llama.cpp through llama-cpp-python, driving `Llama.generate` token by token on one worker thread.
 
 `create_completion` would hide token ids and decide stops itself; the token-level generator lets llmkit
-apply the same stop-string, detokenization and chunk logic as every engine (`llmkit.decoding`), read
+apply the same stop-string, detokenization and chunk logic as every engine (`llmkit.kit.decoding`), read
 logprobs straight from the context's logits, and report prefix-cache reuse.
 
-SamplingParams → llama.cpp (checked against llama_cpp/llama.py 0.3.36, `Llama._init_sampler`):
-    temperature        → temp (0 → greedy sampler)
-    top_k              → top_k (0 disables, as in llmkit)
-    top_p, min_p       → top_p, min_p; typical_p fixed at 1.0 (off), mirostat off
-    repetition_penalty → repeat_penalty  } llama.cpp penalises the tokens *generated* in the window
-    presence_penalty   → present_penalty } `penalty_last_n` (llmkit sets -1: the whole context), not
-    frequency_penalty  → freq_penalty    } the prompt; vLLM's repetition penalty also counts the prompt.
-    seed               → Llama.set_seed before each sequence (n > 1: one derived seed per sample)
-    constraint         → a GBNF grammar sampler: choice/regex compiled by llmkit.grammars, JSON schema by
-                         llama.cpp's own converter, grammar as given; each is parsed by llama.cpp first
-    ignore_eos         → end-of-generation tokens do not end the sequence (vLLM's meaning)
-    stop, max_tokens, logprobs, n → handled by llmkit's decode state around the generator
-    prompt_logprobs    → the prompt is evaluated from scratch with every position's logits kept (as vLLM
-                         skips its prefix cache for such requests)
+Concurrency: one llama.cpp context holds one sequence's KV cache, so one worker thread owns it and serves
+requests first come, first served; callers only queue and read their own channel. A cancelled request
+stops at its next token; closing the engine stops the worker before the context is freed.
+
+SamplingParams → `Llama.generate` (checked against llama_cpp/llama.py 0.3.36, `Llama._init_sampler`): the
+table `SAMPLING` below. llama.cpp penalises the tokens *generated* in the window `penalty_last_n` (llmkit
+sets -1: the whole context), not the prompt; vLLM's repetition penalty also counts the prompt.
 """
 
 from __future__ import annotations
@@ -29,24 +22,25 @@ import random
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from llmkit.catalog import gguf_path, hf_folder
-from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
-from llmkit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
-from llmkit.planner import dtype_name
+from llmkit.kit.decoding import DecodeState, prompt_logprobs, top_logprobs
+from llmkit.kit.generation import Generation
+from llmkit.kit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
+from llmkit.kit.mapping import Mapping, Param
+from llmkit.kit.worker import EngineWorker
+from llmkit.planner import WEIGHT_BITS, dtype_name
 from llmkit.types import (
     Capabilities,
     Choice,
-    Completion,
     Grammar,
     JsonSchema,
     MemoryUsage,
@@ -54,7 +48,8 @@ from llmkit.types import (
     Regex,
     Request,
     SamplingParams,
-    StreamChunk,
+    SpecialTokens,
+    WeightsInfo,
 )
 
 MAX_DEFAULT_CONTEXT = 8192
@@ -90,16 +85,42 @@ def unsupported_schema_keywords(schema: Any, path: str = "#") -> list[str]:
     return found
 
 
+# llama.cpp's KV-cache element types (ggml_type), for the kv_cache_dtype option
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+
+def _greedy_temperature(params: SamplingParams) -> float:
+    return 0.0 if params.greedy else params.temperature
+
+
+SAMPLING = Mapping(SamplingParams, [
+    Param("temperature", "temp", None, "0 (or below 1e-5) → llama.cpp's greedy sampler"),
+    Param("top_p", "top_p"),
+    Param("top_k", "top_k", note="0 disables, as in llmkit"),
+    Param("min_p", "min_p"),
+    Param("repetition_penalty", "repeat_penalty"),
+    Param("presence_penalty", "presence_penalty"),
+    Param("frequency_penalty", "frequency_penalty"),
+    Param("max_tokens", None, note="llmkit's decode state counts tokens"),
+    Param("stop", None, note="llmkit's decode state (held back while a stop string may be starting)"),
+    Param("seed", None, note="Llama.set_seed before each sequence; n > 1: one derived seed per sample"),
+    Param("n", None, note="one sequence per sample, one after another"),
+    Param("logprobs", None, note="log-softmax of the context's logits after each token"),
+    Param("prompt_logprobs", None, note="the prompt evaluated from scratch with every position's logits kept"),
+    Param("ignore_eos", None, note="end-of-generation tokens do not end the sequence"),
+    Param("constraint", "grammar", None, "GBNF: choice/regex by llmkit.kit.grammars, JSON schema by llama.cpp's converter"),
+], fixed={"typical_p": 1.0, "tfs_z": 1.0, "mirostat_mode": 0, "reset": True})
+
+
 class LlamaCppOptions(EngineOptions):
-    n_ctx: int | None = Field(
-        None, ge=16, description=f"Context length; default: the model's, at most {MAX_DEFAULT_CONTEXT}. llama.cpp rounds it up to a multiple of 256."
-    )
-    prefix_caching: bool = Field(True, description="Reuse the KV cache of the previous prompt's common prefix.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per step.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
     flash_attn: bool = False
     use_mmap: bool = True
+    kv_cache_dtype: Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] = Field(
+        "f16", description="KV-cache element type (llama.cpp type_k/type_v); quantized V needs flash_attn."
+    )
     chat_template: str | None = Field(None, description="Jinja chat template; default: the GGUF's own.")
     verbose: bool = False
 
@@ -121,28 +142,29 @@ class LlamaCppEngine(Engine):
 
         self._llama_cpp = llama_cpp
         opts = self.options
+        if opts.dtype not in (None, "auto"):
+            raise UnsupportedFeatureError(self.backend, f"dtype={opts.dtype!r}", "GGUF weights keep their file's types; "
+                                          "quantize to choose them (llmkit.quantize)")
+        if opts.memory_fraction is not None:
+            raise UnsupportedFeatureError(self.backend, "memory_fraction", "llama.cpp allocates the context it is given; "
+                                          "choose max_model_len and n_gpu_layers instead")
+        if opts.kv_cache_dtype not in ("f32", "f16", "bf16") and not opts.flash_attn:
+            raise InvalidRequestError(f"llamacpp: a quantized KV cache ({opts.kv_cache_dtype}) needs flash_attn=True",
+                                      parameter="kv_cache_dtype", value=opts.kv_cache_dtype)
+        self._prefix_caching = opts.prefix_caching if opts.prefix_caching is not None else True
         path = str(gguf_path(self.model))
-        n_ctx = opts.n_ctx or 0  # 0: the model's training context, capped below
+        self._path = path
+        kwargs = dict(model_path=path, n_threads=opts.n_threads or os.cpu_count(), n_batch=opts.n_batch,
+                      n_gpu_layers=opts.n_gpu_layers, flash_attn=opts.flash_attn, use_mmap=opts.use_mmap,
+                      last_n_tokens_size=-1, verbose=opts.verbose, type_k=KV_CACHE_TYPES[opts.kv_cache_dtype],
+                      type_v=KV_CACHE_TYPES[opts.kv_cache_dtype], seed=opts.seed if opts.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         with map_engine_errors(self.backend, {ValueError: EngineStartupError}), _llama_log(llama_cpp, opts.verbose) as log:
-            llm = llama_cpp.Llama(
-                model_path=path,
-                n_ctx=n_ctx,
-                n_threads=opts.n_threads or os.cpu_count(),
-                n_batch=opts.n_batch,
-                n_gpu_layers=opts.n_gpu_layers,
-                flash_attn=opts.flash_attn,
-                use_mmap=opts.use_mmap,
-                last_n_tokens_size=-1,
-                verbose=opts.verbose,
-            )
-            if opts.n_ctx is None and llm.n_ctx() > MAX_DEFAULT_CONTEXT:
+            llm = llama_cpp.Llama(n_ctx=opts.max_model_len or 0, **kwargs)  # 0: the model's training context
+            if opts.max_model_len is None and llm.n_ctx() > MAX_DEFAULT_CONTEXT:
                 llm.close()
-                llm = llama_cpp.Llama(
-                    model_path=path, n_ctx=MAX_DEFAULT_CONTEXT, n_threads=opts.n_threads or os.cpu_count(),
-                    n_batch=opts.n_batch, n_gpu_layers=opts.n_gpu_layers, flash_attn=opts.flash_attn,
-                    use_mmap=opts.use_mmap, last_n_tokens_size=-1, verbose=opts.verbose,
-                )
+                llm = llama_cpp.Llama(n_ctx=MAX_DEFAULT_CONTEXT, **kwargs)
         self.llm = llm
+        self._context = llm.n_ctx()
         self._load_log = "".join(log)
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
@@ -151,18 +173,27 @@ class LlamaCppEngine(Engine):
         if template:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            self._chat = Jinja2ChatFormatter(
-                template,
-                eos_token=llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else "",
-                bos_token=llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else "",
-                add_generation_prompt=True,
-            )
-        self._lock = threading.Lock()
+            try:
+                self._chat = Jinja2ChatFormatter(
+                    template,
+                    eos_token=llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else "",
+                    bos_token=llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else "",
+                    add_generation_prompt=True,
+                )
+            except Exception as exc:  # jinja2.TemplateSyntaxError and friends
+                llm.close()
+                raise InvalidRequestError(f"llamacpp: the chat template does not parse: {type(exc).__name__}: {exc}",
+                                          parameter="chat_template", value=template[:200]) from exc
+        self._seeds = random.Random(opts.seed)
+        self._seeds_lock = threading.Lock()
+        self._worker = EngineWorker(self.backend, self._loop)
 
     @classmethod
     def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
         """Hugging Face folder (or catalog model, through its converted folder) → f16 GGUF (cached) →
         `quantization.method`. A GGUF is not re-quantized: that would stack two quantization errors."""
+        import shutil
+
         from llmkit_llamacpp.gguf_tools import f16_gguf_for, quantize_gguf
 
         if Path(model).suffix == ".gguf":
@@ -170,21 +201,35 @@ class LlamaCppEngine(Engine):
         f16 = f16_gguf_for(hf_folder(model))
         if quantization.method == "f16":
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_bytes(f16.read_bytes())
+            shutil.copyfile(f16, output)  # streamed, not read into memory
             return output
         return quantize_gguf(f16, output, quantization.method)
 
     def capabilities(self) -> Capabilities:
-        return self.capabilities_.model_copy(update={"prefix_caching": self.options.prefix_caching})
+        return self.capabilities_.model_copy(update={"prefix_caching": self._prefix_caching})
 
     @property
     def context_length(self) -> int:
-        return self.llm.n_ctx()
+        return self._context
 
     def _close(self) -> None:
+        self._worker.stop()  # the worker no longer touches the context after this
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
+
+    def _special_tokens(self) -> SpecialTokens:
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        eog = [t for t in range(self._n_vocab) if self._is_eog(t)]
+        probe = self.llm.tokenize(b"a", add_bos=True, special=True)
+        return SpecialTokens(bos_token_id=bos if bos >= 0 else None, eos_token_ids=sorted(set(eog) | ({eos} if eos >= 0 else set())),
+                             adds_bos=bool(probe) and probe[0] == bos)
+
+    def _weights(self) -> WeightsInfo:
+        file_type = self.llm.metadata.get("general.file_type")
+        dtype = GGUF_FILE_TYPES.get(int(file_type)) if file_type is not None else None
+        return WeightsInfo(format="gguf", dtype=dtype, bits=WEIGHT_BITS.get(dtype), kv_cache_dtype=dtype_name(self.options.kv_cache_dtype),
+                           source=self._path)
 
     # ---- tokens and text -------------------------------------------------------------------------
 
@@ -194,7 +239,11 @@ class LlamaCppEngine(Engine):
         if request.messages is not None:
             if self._chat is None:
                 raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")
-            text = self._chat(messages=[m.model_dump() for m in request.messages]).prompt
+            try:
+                text = self._chat(messages=[m.model_dump() for m in request.messages]).prompt
+            except Exception as exc:  # a template that raises on this conversation
+                raise InvalidRequestError(f"llamacpp: the chat template refused the conversation: {type(exc).__name__}: {exc}",
+                                          parameter="messages") from exc
             return self.llm.tokenize(text.encode(), add_bos=False, special=True)
         return self.llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
 
@@ -233,6 +282,8 @@ class LlamaCppEngine(Engine):
                 text = constraint.grammar
         except RegexNotExpressible as exc:
             raise UnsupportedFeatureError(self.backend, "constraint:regex", str(exc)) from exc
+        except UnsupportedFeatureError:
+            raise
         except Exception as exc:  # llama.cpp's schema converter raises plain exceptions for what it lacks
             raise UnsupportedFeatureError(self.backend, f"constraint:{constraint.kind}", f"{type(exc).__name__}: {exc}") from exc
         # llama.cpp's sampler init returns NULL for a grammar it cannot parse, and llama-cpp-python would
@@ -247,69 +298,65 @@ class LlamaCppEngine(Engine):
 
     # ---- generation ------------------------------------------------------------------------------
 
-    def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
-        grammar = self._grammar(params.constraint)
-        prompts = [self._encode(r) for r in requests]
-        states = []
-        with self._lock:
-            for prompt_index, ids in enumerate(prompts):
-                for index in range(params.n):
-                    state = DecodeState(ids, params, self._decode_text, self.context_length, prompt_index=prompt_index, index=index)
-                    for _ in self._decode(state, grammar, time.perf_counter()):
-                        pass
-                    states.append(state)
-        return [s.completion() for s in states]
+    def _submit(self, generation: Generation) -> None:
+        params = generation.params
+        generation.grammar = self._grammar(params.constraint)  # errors reach the caller at the call
+        SAMPLING.to_native(params, self.backend)  # the table refuses what llama.cpp cannot honour
+        if params.seed is None:
+            with self._seeds_lock:
+                generation.seed = self._seeds.getrandbits(32)
+        else:
+            generation.seed = params.seed
+        self._worker.submit(generation)
 
-    def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]:
-        grammar = self._grammar(params.constraint)  # errors surface at the call, not at the first next()
-        state = DecodeState(self._encode(request), params, self._decode_text, self.context_length)
-        return self._stream_state(state, grammar)
+    def _loop(self, worker: EngineWorker) -> None:
+        """First come, first served: one request at a time, each sample of it in turn."""
+        while not worker.stopping:
+            for generation in worker.admit(1, wait=True):
+                try:
+                    for index in range(generation.params.n):
+                        state = DecodeState(list(generation.request.prompt_token_ids), generation.params, self._decode_text,
+                                            self._context, index=index)
+                        for _ in self._decode(state, generation, worker):
+                            chunk = state.take_chunk()
+                            if chunk is not None:
+                                generation.push(chunk)
+                        if generation.cancelled or worker.stopping:
+                            break
+                    worker.finish(generation)
+                except Exception as exc:  # noqa: BLE001 - this request failed; the engine serves the next
+                    worker.finish(generation, exc)
 
-    def _stream_state(self, state: DecodeState, grammar: Any) -> Iterator[StreamChunk]:
-        with self._lock:
-            for _ in self._decode(state, grammar, time.perf_counter()):
-                chunk = state.take_chunk()
-                if chunk is not None:
-                    yield chunk
-
-    def _decode(self, state: DecodeState, grammar: Any, start: float) -> Iterator[None]:
+    def _decode(self, state: DecodeState, generation: Generation, worker: EngineWorker) -> Iterator[None]:
         params, llm = state.params, self.llm
-        seed = (hash((params.seed, state.index)) if params.seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
+        seed = (hash((generation.seed, state.index)) if params.n > 1 else generation.seed) & 0xFFFFFFFF
         llm.set_seed(seed)
         if params.prompt_logprobs is not None:
             state.cached_tokens = 0
             state.prompt_logprobs = self._score_all_but_last(state.prompt_ids, params.prompt_logprobs)
+            if params.scoring_only:
+                state.finish_scored()
+                yield
+                return
         else:
             state.cached_tokens = self._prefill_all_but_last(state.prompt_ids)
-        tokens = llm.generate(
-            state.prompt_ids,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            typical_p=1.0,
-            temp=params.temperature,
-            repeat_penalty=params.repetition_penalty,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            tfs_z=1.0,
-            mirostat_mode=0,
-            reset=True,
-            grammar=grammar,
-        )
+        native = SAMPLING.to_native(params, self.backend)
+        native["temp"] = _greedy_temperature(params)
+        native["grammar"] = generation.grammar
+        tokens = llm.generate(state.prompt_ids, **native)
         try:
             with map_engine_errors(self.backend):
                 for token in tokens:
                     logprob = None
                     if params.logprobs is not None:
                         logprob = top_logprobs(self._last_logprobs(), token, params.logprobs, self._token_text)
-                    state.append(token, time.perf_counter() - start, logprob=logprob,
-                                 ends=self._is_eog(token) and not params.ignore_eos)
+                    state.append(token, logprob=logprob, ends=self._is_eog(token) and not params.ignore_eos)
                     yield
-                    if state.finished:
+                    if state.finished or generation.cancelled or worker.stopping:
                         break
         finally:
             tokens.close()
-            state.abort(time.perf_counter() - start)
+            state.abort()
 
     def _prefill_all_but_last(self, prompt: list[int]) -> int:
         """Evaluate all prompt tokens but the last, reusing the cached common prefix; return how many
@@ -318,12 +365,14 @@ class LlamaCppEngine(Engine):
         batch, in other kernels, and greedy output depended on what the cache held."""
         llm, head = self.llm, prompt[:-1]
         common = 0
-        if self.options.prefix_caching:
+        if self._prefix_caching:
             for cached, token in zip(llm._input_ids, head):
                 if cached != token:
                     break
                 common += 1
         llm.n_tokens = min(llm.n_tokens, common)
+        if not self._prefix_caching:
+            common = llm.n_tokens = 0
         if head[common:]:
             llm.eval(head[common:])  # drops the stale cache entries past `common` first
         return common

@@ -1,43 +1,49 @@
-"""The reference engine: Hugging Face transformers with llmkit's own decode loop.
+"""The reference engine: Hugging Face transformers with llmkit's own decode loop, CPU or CUDA.
 
-One loop serves `generate` (a static batch, finished rows leave the batch) and `stream` (the same loop
-with one row, yielding as each token is sampled). Guided decoding masks the logits with xgrammar at
-every step. Runs on CPU and CUDA.
+One worker thread owns the model and runs iteration-level batching: between two decode steps it admits
+the requests that arrived (prefills them, then merges their KV cache into the running batch), so
+concurrent callers share forward passes; a finished or cancelled row leaves the batch at once. Each row
+keeps its own sampling parameters, grammar matcher and seeded generator. Guided decoding masks the logits
+with xgrammar at every step.
+
+llmkit options → transformers:
+    max_batch_size  rows decoded together (default 16)
+    max_model_len   the context (default: the model's max_position_embeddings)
+    dtype           from_pretrained(dtype=...); auto: float32 on CPU, bfloat16 on CUDA
+    seed            the engine's generator of per-request seeds (requests without a seed of their own)
+    prefix_caching  refused when True: this engine keeps no cache between requests
+    memory_fraction torch.cuda.set_per_process_memory_fraction on CUDA; refused on CPU
 """
 
 from __future__ import annotations
 
-import inspect
 import random
 import threading
-import time
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from llmkit.catalog import hf_folder
-from llmkit.decoding import DecodeState, prompt_logprobs, top_logprobs
-from llmkit.engine import Engine, EngineOptions, check_token_ids
+from llmkit.engine import Engine, EngineOptions
 from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_errors
+from llmkit.kit.chat import HFPromptEncoder
+from llmkit.kit.decoding import DecodeState, prompt_logprobs, top_logprobs
+from llmkit.kit.generation import Generation
+from llmkit.kit.worker import EngineWorker
 from llmkit.planner import dtype_name
-from llmkit.types import Capabilities, Completion, MemoryUsage, Quantization, Request, SamplingParams, StreamChunk
+from llmkit.types import Capabilities, MemoryUsage, Quantization, Request, SpecialTokens, WeightsInfo
 
 QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
-# Most logits (elements) one prompt-scoring step may hold: 2^28 is 1 GiB in float32. Larger batches of
-# prompt_logprobs requests are decoded in smaller groups.
+# Most logits (elements) one prompt-scoring step may hold: 2^28 is 1 GiB in float32. A long prompt whose
+# positions are scored is prefilled in chunks of PROMPT_LOGITS_BUDGET // vocabulary positions.
 PROMPT_LOGITS_BUDGET = 2**28
 
 
 class TransformersOptions(EngineOptions):
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto': float32 on CPU, bfloat16 on CUDA."
-    )
     quantization: Quantization | None = Field(None, description="Load-time quantization; 'int8' (torchao, weight-only).")
-    max_batch_size: int = Field(16, ge=1, description="Rows decoded together; larger batches run in groups.")
-    max_model_len: int | None = Field(None, ge=8, description="Context length; default: the model's.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU.")
     attn_implementation: Literal["sdpa", "eager"] | None = None
     trust_remote_code: bool = False
@@ -50,11 +56,25 @@ class TransformersOptions(EngineOptions):
 
 @dataclass
 class _Row:
-    """One sequence being decoded: llmkit's shared state plus what this engine adds."""
+    """One sequence in the batch: llmkit's decode state plus what this engine adds."""
 
+    generation: Generation
     state: DecodeState
     generator: Any
+    prompt: Any  # tensor of prompt ids, for the repetition penalty
     matcher: Any = None
+    bitmask: Any = None
+
+
+class _Batch:
+    """The rows being decoded and their shared, left-padded KV cache."""
+
+    def __init__(self) -> None:
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: Any = None  # (rows, length) 1 = real token
+        self.positions: Any = None  # (rows, 1) position of each row's next input token
+        self.tokens: list[int] = []  # each row's last sampled token, the next step's input
 
 
 class TransformersEngine(Engine):
@@ -77,19 +97,26 @@ class TransformersEngine(Engine):
         quant = opts.quantization
         if quant is not None and quant.method not in QUANTIZATION_METHODS:
             raise UnsupportedFeatureError(self.backend, f"quantization={quant.method!r}", f"supported: {QUANTIZATION_METHODS}")
+        if opts.prefix_caching:
+            raise UnsupportedFeatureError(self.backend, "prefix_caching=True", "this engine keeps no KV cache between requests")
         if opts.threads:
             torch.set_num_threads(opts.threads)
         device = opts.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = opts.dtype
-        if dtype == "auto":
-            dtype = "float32" if device == "cpu" else "bfloat16"
         self.device = torch.device(device)
+        if opts.memory_fraction is not None:
+            if self.device.type != "cuda":
+                raise UnsupportedFeatureError(self.backend, "memory_fraction", "on CPU the engine allocates as it goes")
+            torch.cuda.set_per_process_memory_fraction(opts.memory_fraction, self.device)
+        dtype = opts.dtype or "auto"
+        if dtype == "auto":
+            dtype = "float32" if self.device.type == "cpu" else "bfloat16"
         self._torch = torch
         path = hf_folder(self.model)
+        self._path = path
         with map_engine_errors(self.backend, {OSError: EngineError}):
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
             kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": opts.trust_remote_code}
             if opts.attn_implementation:
                 kwargs["attn_implementation"] = opts.attn_implementation
@@ -101,29 +128,50 @@ class TransformersEngine(Engine):
         config = self.hf_model.config
         self._vocab_size = self.hf_model.get_output_embeddings().weight.shape[0]
         self._context = opts.max_model_len or getattr(config, "max_position_embeddings", None) or 2048
+        self.encoder = HFPromptEncoder(tokenizer, self.backend, self.model, self._vocab_size)
+        self.tokenizer = tokenizer
         eos = self.hf_model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
         self._eos_ids = eos_ids
-        pad = self.tokenizer.pad_token_id
+        pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(eos_ids or {0})
-        params = inspect.signature(self.hf_model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
-        self._lock = threading.Lock()
+        import inspect
+
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.hf_model.forward).parameters else "past_key_values"
+        self._max_batch = opts.max_batch_size or 16
+        self._seeds = random.Random(opts.seed)
+        self._seeds_lock = threading.Lock()
         self._grammars: Any = None
+        self._grammars_lock = threading.Lock()
+        self._worker = EngineWorker(self.backend, self._loop)
 
     @property
     def context_length(self) -> int:
         return self._context
 
     def _close(self) -> None:
+        self._worker.stop()
         self.hf_model = None
         self._grammars = None
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
 
+    def _special_tokens(self) -> SpecialTokens:
+        return self.encoder.special_tokens(self._eos_ids)
+
+    def _weights(self) -> WeightsInfo:
+        dtype = "int8" if self.options.quantization is not None else dtype_name(next(self.hf_model.parameters()).dtype)
+        from llmkit.planner import WEIGHT_BITS
+
+        return WeightsInfo(format="safetensors", dtype=dtype, bits=WEIGHT_BITS.get(dtype), kv_cache_dtype=dtype_name(self.hf_model.dtype),
+                           quantization=self.options.quantization.method if self.options.quantization else None, source=str(self._path))
+
     def _memory(self) -> MemoryUsage:
+        return self._worker.call(self._measure_memory)
+
+    def _measure_memory(self) -> MemoryUsage:
         """Weights: the bytes of the loaded tensors. The KV cache is not preallocated (it grows with each
         sequence), so its cost per token is measured on a 16-token prompt."""
         from transformers import DynamicCache
@@ -133,7 +181,7 @@ class TransformersEngine(Engine):
         weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         probe = 16
         cache = DynamicCache(config=model.config)
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             model(input_ids=torch.full((1, probe), self._pad_id, device=self.device), use_cache=True, logits_to_keep=1,
                   **{self._cache_kwarg: cache})
         kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
@@ -143,153 +191,250 @@ class TransformersEngine(Engine):
                            weights_bytes=weights, weights_dtype=dtype, kv_bytes_per_token=kv / probe,
                            kv_dtype=dtype_name(kv_dtype))
 
-    # ---- tokens ----------------------------------------------------------------------------------
-
-    def _encode(self, request: Request) -> list[int]:
-        if request.prompt_token_ids is not None:
-            return check_token_ids(request.prompt_token_ids, self._vocab_size)
-        if request.messages is not None:
-            if not self.tokenizer.chat_template:
-                raise UnsupportedFeatureError(self.backend, "chat", f"{self.model!r} has no chat template")
-            text = self.tokenizer.apply_chat_template(
-                [m.model_dump() for m in request.messages], tokenize=False, add_generation_prompt=True
-            )
-            return self.tokenizer(text, add_special_tokens=False).input_ids
-        return self.tokenizer(request.prompt).input_ids
+    # ---- requests (caller threads) ---------------------------------------------------------------
 
     def _tokenize(self, request: Request) -> list[int]:
-        return self._encode(request)
+        return self.encoder.encode(request)
 
     def _grammar_compiler(self) -> Any:
-        if self._grammars is None:
-            from llmkit_transformers.guided import GrammarCompiler
+        with self._grammars_lock:
+            if self._grammars is None:
+                from llmkit_transformers.guided import GrammarCompiler
 
-            self._grammars = GrammarCompiler(self.tokenizer, self._vocab_size, sorted(self._eos_ids))
-        return self._grammars
+                self._grammars = GrammarCompiler(self.tokenizer, self._vocab_size, sorted(self._eos_ids))
+            return self._grammars
 
-    # ---- generation ------------------------------------------------------------------------------
-
-    def _rows(self, requests: list[Request], params: SamplingParams) -> list[_Row]:
-        torch = self._torch
+    def _submit(self, generation: Generation) -> None:
+        """Compile the constraint here (errors reach the caller at the call) and queue the rows."""
+        params = generation.params
         compiled = self._grammar_compiler().compile(params.constraint) if params.constraint is not None else None
+        prompt = list(generation.request.prompt_token_ids)
+        if params.seed is None:
+            with self._seeds_lock:
+                base_seed = self._seeds.getrandbits(63)
         rows = []
-        for prompt_index, request in enumerate(requests):
-            ids = self._encode(request)
-            for index in range(params.n):
-                # Seeded rows depend only on (seed, sample index): the same prompt and seed give the
-                # same text whatever else is in the batch.
-                seed = hash((params.seed, index)) & (2**63 - 1) if params.seed is not None else random.getrandbits(63)
-                state = DecodeState(ids, params, self._decode_text, self._context, prompt_index=prompt_index, index=index)
-                rows.append(_Row(state, torch.Generator(device=self.device).manual_seed(seed),
-                                 self._grammars.matcher(compiled) if compiled is not None else None))
-        return rows
+        for index in range(params.n):
+            # Seeded rows depend only on (seed, sample index): the same prompt and seed give the same text
+            # whatever else is in the batch.
+            seed = hash((params.seed, index)) & (2**63 - 1) if params.seed is not None else hash((base_seed, index)) & (2**63 - 1)
+            state = DecodeState(prompt, params, self.encoder.decode, self._context, index=index)
+            matcher = self._grammars.matcher(compiled) if compiled is not None else None
+            rows.append(_Row(generation, state, seed, None, matcher))
+        generation.rows = rows
+        self._worker.submit(generation)
 
-    def _decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    # ---- the worker thread -----------------------------------------------------------------------
 
-    def _generate(self, requests: list[Request], params: SamplingParams) -> list[Completion]:
-        rows = self._rows(requests, params)
-        start = time.perf_counter()
-        group = self.options.max_batch_size
-        if params.prompt_logprobs is not None:  # the first step keeps rows × prompt length × vocabulary logits
-            longest = max(len(r.state.prompt_ids) for r in rows)
-            group = max(1, min(group, PROMPT_LOGITS_BUDGET // (longest * self._vocab_size)))
-        with self._lock:
-            for first in range(0, len(rows), group):
-                for _ in self._decode(rows[first : first + group], params, start):
-                    pass
-        return [row.state.completion() for row in rows]
+    def _loop(self, worker: EngineWorker) -> None:
+        torch = self._torch
+        batch = _Batch()
+        waiting: deque[Generation] = deque()
+        with torch.inference_mode():
+            while not worker.stopping:
+                self._drop_cancelled(batch, worker)
+                room = self._max_batch - len(batch.rows)
+                idle = not batch.rows and not waiting
+                waiting.extend(worker.admit(limit=self._max_batch if idle else max(room, 0), wait=idle))
+                if worker.stopping:
+                    break
+                admitted: list[Generation] = []
+                while waiting and (room >= waiting[0].params.n or (not batch.rows and not admitted)):
+                    generation = waiting.popleft()
+                    if generation.cancelled:
+                        worker.finish(generation)
+                        continue
+                    admitted.append(generation)
+                    room -= generation.params.n
+                if admitted and batch.rows and not self._can_merge(batch):
+                    waiting.extendleft(reversed(admitted))  # this model's cache cannot take rows mid-flight
+                    admitted = []
+                try:
+                    if admitted:
+                        self._admit(batch, admitted, worker)
+                    if batch.rows:
+                        self._step(batch, worker)
+                except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the engine
+                    failed = {row.generation for row in batch.rows} | set(admitted)
+                    for generation in failed:
+                        worker.finish(generation, EngineError(f"{self.backend}: {type(exc).__name__}: {exc}"))
+                    batch = _Batch()
 
-    def _stream(self, request: Request, params: SamplingParams) -> Iterator[StreamChunk]:
-        rows = self._rows([request], params)  # compiles the constraint now: errors surface at the call
-        return self._stream_rows(rows[0], params)
+    def _can_merge(self, batch: _Batch) -> bool:
+        return all(type(layer).__name__ == "DynamicLayer" for layer in batch.cache.layers)
 
-    def _stream_rows(self, row: _Row, params: SamplingParams) -> Iterator[StreamChunk]:
-        with self._lock:
-            for _ in self._decode([row], params, time.perf_counter()):
-                chunk = row.state.take_chunk()
-                if chunk is not None:
-                    yield chunk
+    def _drop_cancelled(self, batch: _Batch, worker: EngineWorker) -> None:
+        gone = {row.generation for row in batch.rows if row.generation.cancelled or row.generation.ended}
+        if gone:
+            self._keep(batch, [j for j, row in enumerate(batch.rows) if row.generation not in gone])
+            for generation in gone:
+                worker.finish(generation)
 
-    def _decode(self, rows: list[_Row], params: SamplingParams, start: float) -> Iterator[None]:
-        """Decode `rows` together until each finishes; yields after every step. Finished rows leave
-        the batch (their KV cache rows are dropped)."""
+    def _admit(self, batch: _Batch, generations: list[Generation], worker: EngineWorker) -> None:
+        """Prefill the new requests, sample their first tokens and merge their rows into the batch."""
+        torch = self._torch
+        plain = [g for g in generations if g.params.prompt_logprobs is None]
+        parts = []
+        if plain:
+            parts.append(self._prefill(plain))
+        parts += [self._prefill_scored(g) for g in generations if g.params.prompt_logprobs is not None]
+        for cache, mask, logits, group in parts:
+            # n samples of one prompt share its prefill: repeat each prompt's cache row n times
+            repeats = torch.tensor([g.params.n for g in group], device=self.device)
+            if int(repeats.max()) > 1:
+                for layer in cache.layers:
+                    layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+                    layer.values = layer.values.repeat_interleave(repeats, dim=0)
+                mask = mask.repeat_interleave(repeats, dim=0)
+                logits = logits.repeat_interleave(repeats, dim=0)
+            rows = [row for g in group for row in g.rows]
+            for row in rows:
+                row.generator = torch.Generator(device=self.device).manual_seed(row.generator)
+                row.prompt = torch.tensor(row.state.prompt_ids, device=self.device)
+            tokens = []
+            for j, row in enumerate(rows):
+                if row.state.params.scoring_only:
+                    row.state.finish_scored()
+                    tokens.append(0)
+                else:
+                    tokens.append(self._sample(row, logits[j]))
+                self._emit(row)
+            self._merge(batch, rows, cache, mask, tokens)
+        self._retire(batch, worker)
+
+    def _prefill(self, group: list[Generation]) -> tuple:
+        """One forward over the group's prompts, left-padded; the last position's logits."""
         from transformers import DynamicCache
 
+        torch = self._torch
+        prompts = [g.request.prompt_token_ids for g in group]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt):] = torch.tensor(prompt)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache(config=self.hf_model.config)
+        out = self.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        return cache, mask, out.logits[:, -1, :].float(), group
+
+    def _prefill_scored(self, generation: Generation) -> tuple:
+        """Prefill one prompt whose positions are scored, in chunks that bound the logits held."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        prompt = generation.request.prompt_token_ids
+        chunk = max(1, PROMPT_LOGITS_BUDGET // self._vocab_size)
+        cache = DynamicCache(config=self.hf_model.config)
+        entries: list = [None]
+        k = generation.params.prompt_logprobs
+        last = None
+        for start in range(0, len(prompt), chunk):
+            piece = prompt[start:start + chunk]
+            out = self.hf_model(input_ids=torch.tensor([piece], device=self.device),
+                                attention_mask=torch.ones((1, start + len(piece)), dtype=torch.long, device=self.device),
+                                position_ids=torch.arange(start, start + len(piece), device=self.device).unsqueeze(0),
+                                use_cache=True, logits_to_keep=0, **{self._cache_kwarg: cache})
+            logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+            following = prompt[start + 1:start + 1 + len(piece)]  # the last row predicts the first output token
+            entries += prompt_logprobs(logprobs[:len(following)], following, k, self.encoder.token_text)
+            last = out.logits[0, -1:, :].float()
+            del out, logprobs
+        for row in generation.rows:
+            row.state.prompt_logprobs = entries
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
+        return cache, mask, last, [generation]
+
+    def _merge(self, batch: _Batch, rows: list[_Row], cache: Any, mask: Any, tokens: list[int]) -> None:
+        """Append rows (and their cache, left-padded to a common length) to the batch."""
+        torch = self._torch
+        positions = mask.sum(-1, keepdim=True)
+        if batch.cache is None:
+            batch.cache, batch.mask, batch.positions = cache, mask, positions
+        else:
+            old, new = batch.mask.shape[1], mask.shape[1]
+            width = max(old, new)
+            pad = torch.nn.functional.pad
+            for mine, theirs in zip(batch.cache.layers, cache.layers):
+                mine.keys = torch.cat([pad(mine.keys, (0, 0, width - old, 0)), pad(theirs.keys, (0, 0, width - new, 0))])
+                mine.values = torch.cat([pad(mine.values, (0, 0, width - old, 0)), pad(theirs.values, (0, 0, width - new, 0))])
+            batch.mask = torch.cat([pad(batch.mask, (width - old, 0)), pad(mask, (width - new, 0))])
+            batch.positions = torch.cat([batch.positions, positions])
+        batch.rows += rows
+        batch.tokens += tokens
+
+    def _step(self, batch: _Batch, worker: EngineWorker) -> None:
+        """One decode step for every row."""
+        torch = self._torch
+        ids = torch.tensor(batch.tokens, device=self.device).unsqueeze(-1)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
+        out = self.hf_model(input_ids=ids, attention_mask=batch.mask, position_ids=batch.positions, use_cache=True,
+                            logits_to_keep=1, **{self._cache_kwarg: batch.cache})
+        batch.positions = batch.positions + 1
+        logits = out.logits[:, -1, :].float()
+        for j, row in enumerate(batch.rows):
+            if not row.state.finished:
+                batch.tokens[j] = self._sample(row, logits[j])
+                self._emit(row)
+        self._retire(batch, worker)
+
+    def _sample(self, row: _Row, logits: Any) -> int:
+        """Sample `row`'s next token from its (vocab,) logits and append it to its state."""
         from llmkit_transformers.sampling import apply_penalties, sample
 
         torch = self._torch
-        device = self.device
-        width = max(len(r.state.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # left padding
-            prompt = row.state.prompt_ids
-            input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
-            mask[i, width - len(prompt) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_tensors = [torch.tensor(r.state.prompt_ids, device=device) for r in rows]
-        cache = DynamicCache(config=self.hf_model.config)
-        active = list(range(len(rows)))
-        bitmask = self._grammars.allocate_bitmask(len(rows)) if params.constraint is not None else None
-        score_prompt = params.prompt_logprobs is not None  # the first forward then keeps every position's logits
+        params = row.state.params
+        raw = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
+        apply_penalties(logits, params, row.prompt, row.state.out_ids)
+        if row.matcher is not None:
+            if row.bitmask is None:
+                row.bitmask = self._grammars.allocate_bitmask(1)
+            row.matcher.fill_next_token_bitmask(row.bitmask, 0)
+            self._grammars.apply(logits.unsqueeze(0), row.bitmask)
+        elif params.ignore_eos and self._eos_ids:
+            logits[sorted(self._eos_ids)] = float("-inf")
+        token = sample(logits, params, row.generator)
+        logprob = top_logprobs(raw, token, params.logprobs, self.encoder.token_text) if raw is not None else None
+        ends, rejected = False, False
+        if row.matcher is not None:
+            rejected = not row.matcher.accept_token(token)
+            ends = not rejected and row.matcher.is_terminated()
+        else:
+            ends = token in self._eos_ids and not params.ignore_eos
+        row.state.append(token, logprob=logprob, ends=ends, rejected=rejected)
+        return token
 
-        with torch.inference_mode(), map_engine_errors(self.backend):
-            while active:
-                out = self.hf_model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    logits_to_keep=0 if score_prompt else 1,
-                    **{self._cache_kwarg: cache},
-                )
-                if score_prompt:
-                    for i, row in enumerate(rows):
-                        ids = row.state.prompt_ids
-                        rows_logprobs = torch.log_softmax(out.logits[i, width - len(ids) : width - 1].float(), dim=-1)
-                        row.state.prompt_logprobs = [None] + prompt_logprobs(rows_logprobs, ids[1:], params.prompt_logprobs, self._token_text)
-                    score_prompt = False
-                logits = out.logits[:, -1, :].float()
-                live = [rows[i] for i in active]
-                raw_logprobs = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
-                apply_penalties(logits, params, [prompt_tensors[i] for i in active], [r.state.out_ids for r in live])
-                if bitmask is not None:
-                    for j, row in enumerate(live):
-                        row.matcher.fill_next_token_bitmask(bitmask, j)
-                    self._grammars.apply(logits, bitmask[: len(live)])
-                elif params.ignore_eos and self._eos_ids:
-                    logits[:, sorted(self._eos_ids)] = float("-inf")
-                tokens = sample(logits, params, [r.generator for r in live]).tolist()
-                now = time.perf_counter() - start
+    @staticmethod
+    def _emit(row: _Row) -> None:
+        chunk = row.state.take_chunk()
+        if chunk is not None:
+            row.generation.push(chunk)
 
-                keep = []
-                for j, (row, token) in enumerate(zip(live, tokens)):
-                    logprob = None
-                    if raw_logprobs is not None:
-                        logprob = top_logprobs(raw_logprobs[j], token, params.logprobs, self._token_text)
-                    ends, rejected = False, False
-                    if row.matcher is not None:
-                        rejected = not row.matcher.accept_token(token)
-                        ends = not rejected and row.matcher.is_terminated()
-                    else:
-                        ends = token in self._eos_ids and not params.ignore_eos
-                    row.state.append(token, now, logprob=logprob, ends=ends, rejected=rejected)
-                    if not row.state.finished:
-                        keep.append(j)
-                yield
-                if len(keep) < len(active):
-                    if not keep:
-                        break
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    mask, positions = mask[index], positions[index]
-                    tokens = [tokens[j] for j in keep]
-                    active = [active[j] for j in keep]
-                input_ids = torch.tensor(tokens, device=device).unsqueeze(-1)
-                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-                positions = positions[:, -1:] + 1
+    def _retire(self, batch: _Batch, worker: EngineWorker) -> None:
+        """Drop finished rows; end a generation when all its rows are done."""
+        if all(not row.state.finished for row in batch.rows):
+            return
+        done = {row.generation for row in batch.rows if row.state.finished}
+        self._keep(batch, [j for j, row in enumerate(batch.rows) if not row.state.finished])
+        for generation in done:
+            if all(row.state.finished for row in generation.rows):
+                worker.finish(generation)
 
-    def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+    def _keep(self, batch: _Batch, keep: list[int]) -> None:
+        """Keep only the rows at `keep` (cache included), and cut left padding no row needs any more."""
+        if not keep:
+            batch.__init__()
+            return
+        torch = self._torch
+        index = torch.tensor(keep, device=self.device)
+        batch.cache.batch_select_indices(index)
+        batch.mask, batch.positions = batch.mask[index], batch.positions[index]
+        batch.rows = [batch.rows[j] for j in keep]
+        batch.tokens = [batch.tokens[j] for j in keep]
+        unused = int((batch.mask.cumsum(-1) == 0).sum(-1).min())
+        if unused:
+            batch.mask = batch.mask[:, unused:]
+            for layer in batch.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+

@@ -3,10 +3,11 @@ a bitmask on the logits at every step (no retry loop)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from llmkit.errors import InvalidRequestError
-from llmkit.grammars import choice_gbnf
+from llmkit.kit.grammars import choice_gbnf
 from llmkit.types import Choice, Grammar, JsonSchema, Regex
 
 
@@ -18,8 +19,13 @@ class GrammarCompiler:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=True)
         self.vocab_size = vocab_size
+        self._lock = threading.Lock()  # callers compile from their own threads
 
     def compile(self, constraint: Choice | Regex | JsonSchema | Grammar) -> Any:
+        with self._lock:
+            return self._compile(constraint)
+
+    def _compile(self, constraint: Choice | Regex | JsonSchema | Grammar) -> Any:
         try:
             if isinstance(constraint, Choice):
                 return self._compiler.compile_grammar(choice_gbnf(constraint.choices))

@@ -1,6 +1,9 @@
 """Turning sampled tokens into llmkit's outputs, for adapters that drive their own decode loop
 (transformers, llama.cpp): one implementation of incremental detokenization, stop strings, finish
 reasons and delta chunks, so these behave the same on every such engine.
+
+Logprobs are reported as computed (a log-softmax of the raw logits), never clamped: a positive value
+would be a normalisation bug, and clamping would hide it.
 """
 
 from __future__ import annotations
@@ -8,15 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmkit.types import (
-    Completion,
-    FinishReason,
-    RequestMetrics,
-    SamplingParams,
-    StreamChunk,
-    TokenLogprob,
-    Usage,
-)
+from llmkit.types import FinishReason, SamplingParams, StreamChunk, TokenLogprob, Usage
 
 
 @dataclass
@@ -36,8 +31,6 @@ class DecodeState:
     prompt_logprobs: list[TokenLogprob | None] | None = None  # set by the engine when asked for
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
-    ttft: float | None = None
-    e2e: float | None = None
     _prefix_offset: int = 0
     _read_offset: int = 0
     _emitted_text: int = 0
@@ -51,21 +44,19 @@ class DecodeState:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def append(self, token: int, now: float, *, logprob: TokenLogprob | None = None, ends: bool = False, rejected: bool = False) -> None:
+    def append(self, token: int, *, logprob: TokenLogprob | None = None, ends: bool = False, rejected: bool = False) -> None:
         """Add a sampled token. `ends`: the engine says this token ends the sequence (end-of-sequence
         token, or a grammar that is complete); `rejected`: the grammar refused it."""
         params = self.params
         self.out_ids.append(token)
-        if self.ttft is None:
-            self.ttft = now
         if logprob is not None and self.logprobs is not None:
             self.logprobs.append(logprob)
         old_len = len(self.text)
         self.text += self._detokenize()
         if rejected:
-            self._finish("error", token, now)
+            self._finish("error", token)
         elif ends:
-            self._finish("stop", token, now)
+            self._finish("stop", token)
         elif params.stop:
             search_from = max(0, old_len - max(len(s) for s in params.stop) + 1)
             hits = [(self.text.find(s, search_from), s) for s in params.stop]
@@ -73,18 +64,22 @@ class DecodeState:
             if hits:
                 pos, stop = min(hits)
                 self.text = self.text[:pos]
-                self._finish("stop", stop, now)
+                self._finish("stop", stop)
         if not self.finished and (
             len(self.out_ids) >= params.max_tokens or len(self.prompt_ids) + len(self.out_ids) >= self.context_length
         ):
-            self._finish("length", None, now)
+            self._finish("length", None)
 
-    def abort(self, now: float) -> None:
+    def abort(self) -> None:
         if not self.finished:
-            self._finish("abort", None, now)
+            self._finish("abort", None)
 
-    def _finish(self, reason: FinishReason, stop_reason: str | int | None, now: float) -> None:
-        self.finish_reason, self.stop_reason, self.e2e = reason, stop_reason, now
+    def finish_scored(self) -> None:
+        """A scoring-only request (max_tokens=0): the prompt was scored, nothing is generated."""
+        self._finish("length", None)
+
+    def _finish(self, reason: FinishReason, stop_reason: str | int | None) -> None:
+        self.finish_reason, self.stop_reason = reason, stop_reason
         if not isinstance(stop_reason, str):  # flush a character still waiting for its bytes
             self.text += self._detokenize(final=True)
 
@@ -101,20 +96,6 @@ class DecodeState:
     def usage(self) -> Usage:
         return Usage(prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.out_ids), cached_tokens=self.cached_tokens)
 
-    def completion(self) -> Completion:
-        return Completion(
-            text=self.text,
-            token_ids=self.out_ids,
-            finish_reason=self.finish_reason or "abort",
-            stop_reason=self.stop_reason,
-            usage=self.usage(),
-            logprobs=self.logprobs,
-            prompt_logprobs=self.prompt_logprobs,
-            prompt_index=self.prompt_index,
-            index=self.index,
-            metrics=RequestMetrics(source="engine", ttft=self.ttft, e2e=self.e2e),
-        )
-
     def take_chunk(self) -> StreamChunk | None:
         """The delta since the last call, or None when there is nothing to send. While a stop string
         may be starting at the end of the text, that part is held back, so no piece of a stop string
@@ -125,7 +106,7 @@ class DecodeState:
         new_tokens = self.out_ids[self._emitted_tokens :]
         if not new_tokens and text_end <= self._emitted_text and not self.finished:
             return None
-        chunk = StreamChunk(
+        chunk = StreamChunk.model_construct(
             text=self.text[self._emitted_text : text_end] if text_end > self._emitted_text else "",
             token_ids=new_tokens,
             index=self.index,
@@ -151,20 +132,24 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 def top_logprobs(logprobs_row, token: int, k: int, token_text: Callable[[int], str]) -> TokenLogprob:
-    """A TokenLogprob from one row of log-probabilities (a torch tensor or numpy array)."""
+    """A TokenLogprob from one row of log-probabilities (a torch tensor or numpy array): the token's
+    logprob, its rank (1 + how many tokens are more likely, as vLLM counts) and the k most likely."""
     top: dict[int, float] = {}
-    if k:
-        try:  # torch
+    chosen = logprobs_row[token]
+    try:  # torch
+        rank = int((logprobs_row > chosen).sum()) + 1
+        if k:
             values, ids = logprobs_row.topk(k)
-            pairs = zip(ids.tolist(), values.tolist())
-        except AttributeError:  # numpy
-            import numpy as np
+            top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist())}
+    except AttributeError:  # numpy
+        import numpy as np
 
+        rank = int(np.count_nonzero(logprobs_row > chosen)) + 1
+        if k:
             ids = np.argpartition(-logprobs_row, k - 1)[:k]
             ids = ids[np.argsort(-logprobs_row[ids])]
-            pairs = zip(ids.tolist(), logprobs_row[ids].tolist())
-        top = {int(i): min(0.0, float(v)) for i, v in pairs}
-    return TokenLogprob(token_id=token, token=token_text(token), logprob=min(0.0, float(logprobs_row[token])), top=top)
+            top = {int(i): float(v) for i, v in zip(ids.tolist(), logprobs_row[ids].tolist())}
+    return TokenLogprob.model_construct(token_id=token, token=token_text(token), logprob=float(chosen), rank=rank, top=top)
 
 
 def prompt_logprobs(rows, next_tokens: list[int], k: int, token_text: Callable[[int], str]) -> list[TokenLogprob]:
