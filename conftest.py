@@ -20,6 +20,22 @@ def tiny_engine(tiny_model_dir):
         yield engine
 
 
+@pytest.fixture
+def fresh_tiny_engine(tiny_model_dir):
+    """A tiny engine of its own, for tests that close it."""
+    engine = llmkit.load("transformers", tiny_model_dir)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def fresh_llamacpp_engine():
+    pytest.importorskip("llama_cpp")
+    engine = llmkit.load("llamacpp", llmkit.DEFAULT_MODEL)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def smollm2_engine():
     with llmkit.load("transformers", llmkit.DEFAULT_MODEL) as engine:
@@ -35,7 +51,10 @@ def llamacpp_engine():
 
 @pytest.fixture(scope="session")
 def vllm_engine():
-    """One real vLLM engine per test session (start-up is ~25 s on 2 CPU cores with enforce_eager)."""
+    """One real vLLM engine per test session (start-up is ~25 s on 2 CPU cores with enforce_eager). float32:
+    its greedy output does not depend on the batch (bf16's does, at near-ties), so concurrent callers can be
+    compared with their solo twins."""
     pytest.importorskip("vllm")
-    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048, enable_lora=True, max_lora_rank=8) as engine:
+    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048, enable_lora=True, max_lora_rank=8,
+                     dtype="float32") as engine:
         yield engine

@@ -73,7 +73,8 @@ def backends() -> dict[str, BackendSpec]:
 
 
 def load(backend: str, model: str = DEFAULT_MODEL, **engine_options: Any) -> Engine:
-    """Load `model` on `backend`. `engine_options` are the backend's own, validated by its Options."""
+    """Load `model` on `backend`. `engine_options`: the portable options (`EngineOptions`) and the backend's
+    own, validated by its Options before anything is loaded."""
     from llmkit.plugins import get_backend
 
     spec = get_backend(backend)
@@ -89,7 +90,7 @@ def load_config(path: str | Path, **overrides: Any) -> Engine:
     from llmkit.config import read_config
 
     config = read_config(path)
-    engine = load(config.backend, config.model, **{**config.options, **overrides})
+    engine = load(config.backend, config.model, **{**config.engine_options(), **overrides})
     engine.default_params = config.sampling
     return engine
 

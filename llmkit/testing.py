@@ -8,6 +8,7 @@ accept it. The tokenizer is trained on text that ships with Python, so nothing i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -123,3 +124,148 @@ def random_lora(model_dir: str | Path, out_dir: str | Path, *, r: int = 8, alpha
         "modules_to_save": None, "use_rslora": False, "use_dora": False, "inference_mode": True,
     }, indent=2))
     return out
+
+
+# ---- the concurrency contract, as tests every engine's own test suite runs ---------------------------
+
+CONCURRENCY_PROMPTS = [f"Item {i}: the {w} key opens door number {i * 5 + 1}, and then" for i, w in
+                       enumerate("red green blue grey pink gold teal white black brown amber coral ivory jade lime navy".split())]
+
+
+def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tokens: int = 12):
+    """A test class that holds an engine to llmkit's concurrency contract (llmkit/engine.py): many
+    threads and asyncio tasks at once, each output equal to its solo greedy twin; a stream left unread
+    does not block others; an abandoned stream frees its request; close() with streams in flight ends each
+    with EngineClosedError. `engine_fixture` names a shared engine fixture whose greedy output does not
+    depend on the batch (float32 on CPU); `fresh_engine_fixture` a function-scoped one the test may close.
+
+        TestConcurrency = concurrency_tests("tiny_engine", "fresh_tiny_engine")
+    """
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytest
+
+    import llmkit
+
+    def params(engine, n: int = max_tokens) -> "llmkit.SamplingParams":
+        return llmkit.greedy(max_tokens=n, ignore_eos=engine.capabilities().supports("ignore_eos"))
+
+    def solo(engine, prompts, n: int = max_tokens) -> dict[str, list[int]]:
+        return {p: engine.generate(p, params(engine, n))[0].token_ids for p in prompts}
+
+    @pytest.mark.timeout(600)
+    class TestConcurrency:
+        def test_threads_and_tasks_at_once_each_get_their_own_output(self, request):
+            """16 streams and 16 generates from threads, 8 more of each from asyncio, all at once."""
+            engine = request.getfixturevalue(engine_fixture)
+            prompts = CONCURRENCY_PROMPTS
+            twins = solo(engine, prompts)
+            p = params(engine)
+
+            def stream(prompt):
+                return [t for c in engine.stream(prompt, p) for t in c.token_ids]
+
+            def generate(prompt):
+                return engine.generate(prompt, p)[0].token_ids
+
+            async def tasks():
+                async def astream(prompt):
+                    return [t async for c in engine.astream(prompt, p) for t in c.token_ids]
+
+                async def agenerate(prompt):
+                    return (await engine.agenerate(prompt, p))[0].token_ids
+
+                return await asyncio.wait_for(asyncio.gather(*[astream(x) for x in prompts[:8]], *[agenerate(x) for x in prompts[8:]]), 300)
+
+            with ThreadPoolExecutor(33) as pool:
+                futures = [pool.submit(stream, x) for x in prompts] + [pool.submit(generate, x) for x in prompts]
+                from_tasks = pool.submit(lambda: asyncio.run(tasks()))
+                outputs = [f.result(timeout=300) for f in futures]
+                task_outputs = from_tasks.result(timeout=300)
+            assert outputs == [twins[x] for x in prompts + prompts]
+            assert task_outputs == [twins[x] for x in prompts]
+
+        def test_a_stream_left_unread_does_not_block_others(self, request):
+            engine = request.getfixturevalue(engine_fixture)
+            prompts = CONCURRENCY_PROMPTS[:8]
+            twins = solo(engine, prompts)
+            long_twin = solo(engine, [CONCURRENCY_PROMPTS[8]], 40)[CONCURRENCY_PROMPTS[8]]
+            unread = engine.stream(CONCURRENCY_PROMPTS[8], params(engine, 40))
+            head = [t for c in (next(unread), next(unread)) for t in c.token_ids]
+            with ThreadPoolExecutor(8) as pool:
+                outputs = list(pool.map(lambda x: engine.generate(x, params(engine))[0].token_ids, prompts, timeout=300))
+            assert outputs == [twins[x] for x in prompts]
+            assert head + [t for c in unread for t in c.token_ids] == long_twin  # resumed: nothing lost
+
+        def test_an_abandoned_stream_frees_its_request(self, request):
+            engine = request.getfixturevalue(engine_fixture)
+            twins = solo(engine, CONCURRENCY_PROMPTS[:2])
+            for chunk in engine.stream(CONCURRENCY_PROMPTS[9], params(engine, 200)):
+                break  # the stream object is dropped here: its request is cancelled
+            deadline = time.monotonic() + 60
+            while engine.stats().engine.get("in_flight", 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.stats().engine.get("in_flight", 0) == 0
+            assert [engine.generate(x, params(engine))[0].token_ids for x in CONCURRENCY_PROMPTS[:2]] == list(twins.values())
+
+        def test_a_timeout_cancels_the_request_and_the_engine_serves_on(self, request):
+            engine = request.getfixturevalue(engine_fixture)
+            with pytest.raises(llmkit.GenerationTimeoutError):
+                engine.generate(CONCURRENCY_PROMPTS[10], params(engine, 10_000 if engine.context_length > 10_100 else engine.context_length // 2),
+                                timeout=0.05)
+            twin = solo(engine, [CONCURRENCY_PROMPTS[0]])[CONCURRENCY_PROMPTS[0]]
+            assert engine.generate(CONCURRENCY_PROMPTS[0], params(engine), timeout=300)[0].token_ids == twin
+
+        def test_cancelling_an_asyncio_task_cancels_its_request(self, request):
+            engine = request.getfixturevalue(engine_fixture)
+
+            async def main():
+                async def consume():
+                    async for _ in engine.astream(CONCURRENCY_PROMPTS[11], params(engine, 200)):
+                        await asyncio.sleep(0)
+
+                task = asyncio.create_task(consume())
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+            asyncio.run(main())
+            deadline = time.monotonic() + 60
+            while engine.stats().engine.get("in_flight", 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.stats().engine.get("in_flight", 0) == 0
+
+        def test_close_with_streams_in_flight_ends_each_with_engine_closed(self, request):
+            engine = request.getfixturevalue(fresh_engine_fixture)
+            long = params(engine, min(400, engine.context_length // 2))
+            streams = [engine.stream(x, long) for x in CONCURRENCY_PROMPTS[:4]]
+            for s in streams:
+                next(s)
+            endings = {}
+
+            def consume(i):
+                try:
+                    for _ in streams[i]:
+                        pass
+                    endings[i] = "finished"
+                except llmkit.LLMKitError as exc:
+                    endings[i] = type(exc).__name__
+
+            threads = [threading.Thread(target=consume, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            closer = threading.Thread(target=engine.close)
+            closer.start()
+            closer.join(120)
+            for t in threads:
+                t.join(60)
+            assert not closer.is_alive() and not any(t.is_alive() for t in threads)
+            assert endings == {i: "EngineClosedError" for i in range(4)}
+            with pytest.raises(llmkit.EngineClosedError):
+                engine.generate("x")
+            assert engine.context_length > 0  # still answers after close
+
+    return TestConcurrency

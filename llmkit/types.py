@@ -255,7 +255,7 @@ class SamplingParams(LLMKitModel):
 
 def greedy(**overrides: Any) -> SamplingParams:
     """Greedy decoding, the usual choice for tests and classification."""
-    return SamplingParams(temperature=0.0, **overrides)
+    return SamplingParams(**{"temperature": 0.0, **overrides})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +473,14 @@ class Capabilities(LLMKitModel):
         "checked before the engine runs.",
     )
 
+    # Features named by what the engine can do rather than by a SamplingParams field.
+    PROPERTIES: ClassVar[tuple[str, ...]] = ("streaming", "chat", "lora", "tensor_parallel", "prefix_caching")
+
     def supports(self, feature: str) -> bool:
+        """Whether the backend declares `feature`: a SamplingParams field (`top_k`, `logprobs`, ...), a
+        constraint kind (`constraint:regex`) or a property (`prefix_caching`, `lora`, `chat`, ...)."""
         if feature.startswith("constraint:"):
             return feature.split(":", 1)[1] in self.constraints
+        if feature in self.PROPERTIES:
+            return bool(getattr(self, feature))
         return feature in self.sampling

@@ -63,3 +63,50 @@ def test_shipped_example_config_is_valid():
 
     config = read_config(Path(__file__).resolve().parents[1] / "examples" / "engine.yaml")
     assert config.backend == "llamacpp" and config.sampling.max_tokens == 128
+
+
+def _readme_config() -> str:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(backend:.*?)```", readme, re.S)
+    assert block, "the README's config example is gone"
+    return block[1]
+
+
+@pytest.mark.smollm2
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", ["transformers", "llamacpp", pytest.param("vllm", marks=pytest.mark.engine("vllm"))])
+def test_the_readme_config_runs_on_every_installed_backend_with_only_backend_changed(tmp_path, backend):
+    """413c71b: llama.cpp refused max_batch_size ('Extra inputs are not permitted'), vLLM too ('unknown engine option')."""
+    import re
+
+    pytest.importorskip({"transformers": "transformers", "llamacpp": "llama_cpp", "vllm": "vllm"}[backend])
+    text = _readme_config()
+    path = tmp_path / "engine.yaml"
+    path.write_text(re.sub(r"^backend: \S+", f"backend: {backend}", text, flags=re.M))
+    with llmkit.load_config(path) as engine:
+        assert engine.backend == backend
+        out = engine.generate("The three primary colours are")[0]
+        assert out.usage.completion_tokens >= 1 and out.finish_reason in ("stop", "length")
+
+
+def test_engine_specific_options_live_in_their_backends_section(tmp_path, tiny_model_dir):
+    path = tmp_path / "engine.yaml"
+    path.write_text(f"backend: transformers\nmodel: {tiny_model_dir}\noptions: {{max_batch_size: 2}}\n"
+                    "transformers: {threads: 1}\nvllm: {enforce_eager: true}\nllamacpp: {n_threads: 2}\n")
+    with llmkit.load_config(path) as engine:  # the vllm and llamacpp sections are not this backend's
+        assert engine.options.threads == 1 and engine.options.max_batch_size == 2
+    path.write_text(f"backend: transformers\nmodel: {tiny_model_dir}\noptions: {{enforce_eager: true}}\n")
+    with pytest.raises(llmkit.ConfigError, match="not portable"):
+        read_config(path)
+    path.write_text(f"backend: transformers\nmodel: {tiny_model_dir}\nvlm: {{enforce_eager: true}}\n")
+    with pytest.raises(llmkit.ConfigError, match="vlm"):
+        read_config(path)
+
+
+def test_an_option_an_engine_cannot_honour_is_refused_by_name(tiny_model_dir):
+    with pytest.raises(llmkit.UnsupportedFeatureError) as info:
+        llmkit.load("transformers", tiny_model_dir, prefix_caching=True)
+    assert info.value.backend == "transformers" and "prefix_caching" in info.value.feature

@@ -47,10 +47,12 @@ class HFPromptEncoder:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        with self._lock:  # a decode beside an encode that resets truncation: "Already borrowed"
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        with self._lock:
+            return self.tokenizer.decode([token])
 
     def special_tokens(self, eos_token_ids: list[int] | set[int] | None = None) -> SpecialTokens:
         tok = self.tokenizer

@@ -78,6 +78,11 @@ class DecodeState:
         """A scoring-only request (max_tokens=0): the prompt was scored, nothing is generated."""
         self._finish("length", None)
 
+    def finish(self, reason: FinishReason, stop_reason: str | int | None = None) -> None:
+        """An end the engine decided (its own stop, an abort): flushes any held-back character."""
+        if not self.finished:
+            self._finish(reason, stop_reason)
+
     def _finish(self, reason: FinishReason, stop_reason: str | int | None) -> None:
         self.finish_reason, self.stop_reason = reason, stop_reason
         if not isinstance(stop_reason, str):  # flush a character still waiting for its bytes

@@ -66,7 +66,7 @@ class Mapping:
         """The engine's keyword arguments for `obj`; raises `UnsupportedFeatureError` for a value it
         cannot honour."""
         for name, reason in self.refusals(obj):
-            raise UnsupportedFeatureError(backend, f"{name}={getattr(obj, name)!r}", reason)
+            raise UnsupportedFeatureError(backend, name, f"{name}={getattr(obj, name)!r}: {reason}")
         native = dict(self.fixed)
         for row in self.rows:
             if row.native is not None:
@@ -75,7 +75,7 @@ class Mapping:
         return native
 
     def describe(self) -> list[dict[str, str]]:
-        """The table as rows of text, for docs and `llmkit backends --mapping`."""
+        """The table as rows of text, for docs."""
         rows = [{"llmkit": row.name, "native": row.native or "(llmkit)", "note": row.note} for row in self.rows]
         rows += [{"llmkit": "(fixed)", "native": f"{key}={value!r}", "note": ""} for key, value in self.fixed.items()]
         return rows

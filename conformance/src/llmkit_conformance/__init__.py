@@ -32,7 +32,7 @@ def register_commands(app):
         out: Path = typer.Option(DEFAULT_REPORTS, help="Folder for the JSON and Markdown reports."),
     ) -> None:
         """Run every check (and the performance workload) on one backend."""
-        from llmkit.cli import _parse_options
+        from llmkit.config import parse_options as _parse_options
         from llmkit_conformance.checks import CHECKS
         from llmkit_conformance.runner import run, summary, write
 
@@ -95,7 +95,7 @@ def register_commands(app):
         out: Optional[Path] = typer.Option(None, help="Write JSON here (and Markdown beside it)."),
     ) -> None:
         """Greedy token agreement between backends on the same weights, with logit margins."""
-        from llmkit.cli import _parse_options
+        from llmkit.config import parse_options as _parse_options
         from llmkit_conformance.parity import markdown, run
 
         specs = []

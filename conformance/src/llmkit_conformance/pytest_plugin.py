@@ -34,7 +34,7 @@ def llmkit_engine(request: pytest.FixtureRequest):
     backend = request.config.getoption("--llmkit-backend")
     if not backend:
         pytest.skip("no --llmkit-backend given")
-    from llmkit.cli import _parse_options
+    from llmkit.config import parse_options as _parse_options
 
     with llmkit.load(backend, request.config.getoption("--llmkit-model"), **_parse_options(request.config.getoption("--llmkit-option"))) as engine:
         yield engine

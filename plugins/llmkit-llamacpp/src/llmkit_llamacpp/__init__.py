@@ -11,6 +11,7 @@ def register_engines(register):
             name="llamacpp",
             target="llmkit_llamacpp.engine:LlamaCppEngine",
             requires=("llama_cpp",),
+            distributions=("llama-cpp-python",),
             install_hint="pip install llmkit-llamacpp (compiles llama.cpp; see scripts/setup.sh for CMAKE_ARGS)",
             description="llama.cpp (llama-cpp-python) on GGUF files; GBNF guided decoding",
         )

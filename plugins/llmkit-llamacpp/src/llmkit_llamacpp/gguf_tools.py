@@ -9,14 +9,14 @@ version into `<venv>/share/llmkit/llama.cpp-convert`. `LLMKIT_LLAMACPP_CONVERTER
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from llmkit.catalog import cache_dir
-from llmkit.errors import BackendUnavailableError, EngineError, UnsupportedFeatureError
+from llmkit.errors import BackendUnavailableError, EngineError, ModelNotFoundError, UnsupportedFeatureError
 
 # llmkit method name -> llama.cpp file type constant (LLAMA_FTYPE_MOSTLY_<NAME>)
 METHODS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
@@ -65,11 +65,25 @@ def quantize_gguf(source: Path, output: Path, method: str) -> Path:
 
 
 def f16_gguf_for(folder: str) -> Path:
-    """A cached f16 GGUF of a Hugging Face folder (converted once)."""
-    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf" / f"{Path(folder).name}-{key}-f16.gguf"
+    """A cached f16 GGUF of a Hugging Face folder, converted once per content of the folder: the key is
+    the digest of the folder's own files (`llmkit.kit.files.digest`, memoised; sub-folders such as a
+    training run's checkpoints are not read by the converter, so not hashed), so weights re-trained into
+    the same folder are converted again."""
+    from llmkit.kit.files import digest, fingerprint
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{folder!r} is not a local folder: llama.cpp's converter needs the Hugging Face folder on disk")
+    before = fingerprint(path, recursive=False)
+    key = digest(path, recursive=False)[:16]
+    target = cache_dir() / "gguf" / f"{path.resolve().name}-{key}-f16.gguf"
     if not target.is_file():
-        partial = target.with_suffix(".partial")
-        convert_hf_to_gguf(folder, partial, "f16")
-        partial.rename(target)
+        partial = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.partial")
+        try:
+            convert_hf_to_gguf(path, partial, "f16")
+            if fingerprint(path, recursive=False) != before:
+                raise EngineError(f"llamacpp: {folder} changed while it was being converted; quantize again")
+            partial.replace(target)  # atomic; a concurrent converter's identical file may be replaced
+        finally:
+            partial.unlink(missing_ok=True)
     return target

@@ -11,6 +11,7 @@ def register_engines(register):
             name="transformers",
             target="llmkit_transformers.engine:TransformersEngine",
             requires=("torch", "transformers", "xgrammar"),
+            distributions=("transformers",),
             install_hint="pip install llmkit-transformers",
             description="Hugging Face transformers with llmkit's decode loop; xgrammar guided decoding",
         )

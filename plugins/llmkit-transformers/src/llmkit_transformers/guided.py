@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from llmkit.errors import InvalidRequestError
-from llmkit.kit.grammars import choice_gbnf
+from llmkit.errors import InvalidRequestError, LLMKitError, UnsupportedFeatureError
+from llmkit.kit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
+from llmkit.kit.jsonschema import prepare_schema, xgrammar_json_ebnf
 from llmkit.types import Choice, Grammar, JsonSchema, Regex
 
 
@@ -30,11 +31,21 @@ class GrammarCompiler:
             if isinstance(constraint, Choice):
                 return self._compiler.compile_grammar(choice_gbnf(constraint.choices))
             if isinstance(constraint, Regex):
-                return self._compiler.compile_regex(constraint.pattern)
+                # llmkit's own translation (Python's re.fullmatch, exactly), as every engine gets it; not
+                # xgrammar's regex converter (0.2.8), which reads \w, \d, \s as ASCII, refuses inline flags and
+                # turns a^b into "a" "b".
+                try:
+                    grammar = regex_gbnf(constraint.pattern)
+                except RegexNotExpressible as exc:
+                    raise UnsupportedFeatureError("transformers", "constraint:regex", str(exc)) from exc
+                return self._compiler.compile_grammar(grammar)
             if isinstance(constraint, JsonSchema):
-                # Compact JSON: with free whitespace, small models can emit blanks until max_tokens.
-                return self._compiler.compile_json_schema(constraint.schema_json, any_whitespace=False, strict_mode=True)
+                # Compact JSON (with free whitespace, small models can emit blanks until max_tokens), and no raw
+                # control characters in strings (xgrammar 0.2.8 lets them into strings with length bounds).
+                return self._compiler.compile_grammar(xgrammar_json_ebnf(prepare_schema(constraint.schema_)))
             return self._compiler.compile_grammar(constraint.grammar)
+        except LLMKitError:
+            raise
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses for bad input
             raise InvalidRequestError(
                 f"transformers (xgrammar) cannot compile the {constraint.kind} constraint: {exc}",

@@ -166,6 +166,7 @@ class VLLMEngine(Engine):
             return
         self._loop.stop()  # cancels the request tasks (each aborts its request)
         llm.shutdown()
+        llm.shutdown = lambda *args, **kwargs: None  # AsyncLLM.__del__ would shut down again at interpreter exit
         processes.wait_or_kill(self._processes)  # vLLM signals its processes but does not wait for them
         del llm
         import gc
