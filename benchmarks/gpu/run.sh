@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see benchmarks/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh test|conformance|conformance-transformers|bench
+# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|conformance-transformers|concurrency|tp|tp-ray|bench
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 export PYTHONPATH=/tmp/site:$root:$root/plugins/llmkit-vllm/src:$root/plugins/llmkit-transformers/src:$root/conformance/src
+export PYTHONUNBUFFERED=1
 # No distribution is installed there, so plugins are named explicitly instead of found by entry point.
 export LLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 LLMKIT_PLUGINS=llmkit_vllm,llmkit_transformers,llmkit_conformance
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1
@@ -31,9 +32,31 @@ case "${1:-}" in
     echo "transformers rc=$?"
     grep -hE "passed,|FAILED|TTFT|TPOT|Long shared|perplexity|\\| (weights|KV|device)" "$OUT/conformance-transformers.txt"
     ;;
+  test+conformance)
+    # Two GPUs: the adapter's tests on the first, the conformance report on the second, at once.
+    (CUDA_VISIBLE_DEVICES=0 timeout 560 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" \
+      > "$OUT/vllm-tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/vllm-tests.txt") &
+    (CUDA_VISIBLE_DEVICES=1 timeout 560 python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance-vllm.txt" 2>&1;
+      echo "vllm rc=$?" >> "$OUT/conformance-vllm.txt") &
+    wait
+    grep -E "passed|failed|^FAILED|rc=" "$OUT/vllm-tests.txt" | tail -12
+    grep -hE "passed,|FAILED|rc=|TTFT|TPOT|perplexity" "$OUT/conformance-vllm.txt" | tail -8
+    ;;
+  concurrency)
+    CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/concurrency.py --gpu --out "$OUT/concurrency_vllm_gpu.json" > "$OUT/concurrency.log" 2>&1
+    echo "rc=$?"; grep -E "^\|" "$OUT/concurrency.log"; grep -E "Error|Traceback" "$OUT/concurrency.log" | head -5
+    ;;
+  tp)
+    timeout 570 python3 benchmarks/gpu/tensor_parallel.py --setups tp1,tp2 --out "$OUT/tensor_parallel.json" > "$OUT/tp.log" 2>&1
+    echo "rc=$?"; grep -E '^\{' "$OUT/tp.log"; grep -E "Error|Traceback" "$OUT/tp.log" | head -5
+    ;;
+  tp-ray)
+    timeout 570 python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
+    echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5
+    ;;
   bench)
     timeout 560 python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" > "$OUT/bench.log" 2>&1
     grep -E "^\||^device" "$OUT/bench.log"; grep -E "Error|Traceback" "$OUT/bench.log" | head -5
     ;;
-  *) echo "usage: run.sh test|conformance|conformance-transformers|bench" >&2; exit 2 ;;
+  *) echo "usage: run.sh test|conformance|test+conformance|conformance-transformers|concurrency|tp|tp-ray|bench" >&2; exit 2 ;;
 esac

