@@ -42,6 +42,19 @@ case "${1:-}" in
     grep -E "passed|failed|^FAILED|rc=" "$OUT/vllm-tests.txt" | tail -12
     grep -hE "passed,|FAILED|rc=|TTFT|TPOT|perplexity" "$OUT/conformance-vllm.txt" | tail -8
     ;;
+  test+concurrency+conformance)
+    # Two GPUs: the adapter's tests on the first; the concurrency benchmark, then the conformance report, on the second.
+    (CUDA_VISIBLE_DEVICES=0 timeout 560 python3 -m pytest plugins/llmkit-vllm -q -p no:cacheprovider --junitxml="$OUT/vllm-tests.xml" \
+      > "$OUT/vllm-tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/vllm-tests.txt") &
+    (CUDA_VISIBLE_DEVICES=1 timeout 300 python3 benchmarks/concurrency.py --gpu --out "$OUT/concurrency_vllm_gpu.json" > "$OUT/concurrency.log" 2>&1;
+      echo "concurrency rc=$?" >> "$OUT/concurrency.log";
+      CUDA_VISIBLE_DEVICES=1 timeout 250 python3 -m llmkit.cli conformance run -b vllm --out "$OUT/reports" > "$OUT/conformance-vllm.txt" 2>&1;
+      echo "vllm rc=$?" >> "$OUT/conformance-vllm.txt") &
+    wait
+    grep -E "passed|failed|^FAILED|rc=" "$OUT/vllm-tests.txt" | tail -14
+    grep -E "^\||rc=" "$OUT/concurrency.log"
+    grep -hE "passed,|FAILED|rc=|TTFT|TPOT|perplexity" "$OUT/conformance-vllm.txt" | tail -8
+    ;;
   concurrency)
     CUDA_VISIBLE_DEVICES=0 timeout 560 python3 benchmarks/concurrency.py --gpu --out "$OUT/concurrency_vllm_gpu.json" > "$OUT/concurrency.log" 2>&1
     echo "rc=$?"; grep -E "^\|" "$OUT/concurrency.log"; grep -E "Error|Traceback" "$OUT/concurrency.log" | head -5

@@ -6,13 +6,29 @@ docs/api/errors.mdx, api/types.go): NDJSON streaming with `done`/`done_reason` a
 the last line, `{"error": ...}` bodies with 400/404 statuses, an `{"error": ...}` line mid-stream, and
 Ollama's option defaults (api/types.go DefaultOptions) for whatever a request leaves out. Generation is
 real: llama.cpp on SmolLM2 through llmkit. It is a test fixture, not an Ollama replacement: no model
-store, no GPU scheduling, one request at a time.
+store, no GPU scheduling. Requests run concurrently; the backing engine serves them first come, first
+served, as Ollama does with OLLAMA_NUM_PARALLEL=1. Like Ollama, it stops a streamed request whose client
+has gone away (Go's net/http cancels the request's context when the connection closes).
+
+What tests may inspect or inject (beside real traffic):
+    requests            the bodies received
+    served              per generation request: its outcome ("answered", "client gone") and lines sent
+    in_flight, max_in_flight, disconnects   generation requests being served, the most at once since
+                        `reset_counts()`, and those whose client went away before the reply was complete
+    fail_after_chunks   an `{"error": ...}` line mid-stream after that many lines
+    reply_error         (status, message): generation requests get that `{"error": ...}` reply
+    hold                while set, generation requests get no reply at all (a server that never answers)
+
+Run on its own (a process a test can kill): python ollama_protocol.py [--port N] [--model-name NAME];
+it prints its URL once it serves.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,14 +43,20 @@ DEFAULT_OPTIONS = {"num_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 
 
 
 class OllamaProtocolServer:
-    def __init__(self, engine: llmkit.Engine, model_name: str, *, pullable: tuple[str, ...] = ()) -> None:
+    def __init__(self, engine: llmkit.Engine, model_name: str, *, pullable: tuple[str, ...] = (), port: int = 0) -> None:
         self.engine = engine
         self.models = {model_name}
         self.pullable = set(pullable)
         self.requests: list[dict[str, Any]] = []  # bodies received, for tests to inspect
+        self.served: list[dict[str, Any]] = []  # per generation request: path, outcome, NDJSON lines sent
         self.fail_after_chunks: int | None = None  # inject an {"error": ...} line mid-stream
-        self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.reply_error: tuple[int, str] | None = None  # inject an error reply to generation requests
+        self.hold = threading.Event()  # while set, generation requests get no reply
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.disconnects = 0
+        self.changed = threading.Condition()  # notified when the counts change
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -43,8 +65,26 @@ class OllamaProtocolServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.hold.clear()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def reset_counts(self) -> None:
+        with self.changed:
+            self.max_in_flight = self.in_flight
+            self.disconnects = 0
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate(self)` holds (checked whenever the counts change)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self), timeout)
+
+    def _count(self, delta: int = 0, disconnect: bool = False) -> None:
+        with self.changed:
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.disconnects += disconnect
+            self.changed.notify_all()
 
     def _handler(self):
         server = self
@@ -72,7 +112,25 @@ class OllamaProtocolServer:
                 routes = {"/api/generate": self._generate, "/api/chat": self._generate, "/api/show": self._show, "/api/pull": self._pull}
                 if self.path not in routes:
                     return self._json(404, {"error": "404 page not found"})
-                routes[self.path](body)
+                if self.path not in ("/api/generate", "/api/chat"):
+                    return routes[self.path](body)
+                # A generation request is in flight until the last byte of its reply is about to go out,
+                # so a client that sends its next request on seeing that byte is never counted twice.
+                self._counted, self._lines = True, 0
+                server._count(+1)
+                try:
+                    self._generate(body)
+                except (BrokenPipeError, ConnectionResetError, _ClientGone):
+                    self._uncount("client gone")
+                    self.close_connection = True
+                finally:
+                    self._uncount()
+
+            def _uncount(self, outcome: str = "answered") -> None:
+                if self._counted:
+                    self._counted = False
+                    server.served.append({"path": self.path, "outcome": outcome, "lines": self._lines})
+                    server._count(-1, disconnect=outcome == "client gone")
 
             # ---- endpoints ------------------------------------------------------------------------
 
@@ -102,6 +160,13 @@ class OllamaProtocolServer:
 
             def _generate(self, body: dict) -> None:
                 chat = self.path == "/api/chat"
+                while server.hold.is_set():  # a server that never answers (until released)
+                    if self._client_gone():
+                        raise _ClientGone
+                    time.sleep(0.02)
+                if server.reply_error is not None:
+                    status, message = server.reply_error
+                    return self._json(status, {"error": message})
                 if body.get("model") not in server.models:
                     return self._json(404, {"error": f"model '{body.get('model')}' not found, try pulling it first"})
                 options = {**DEFAULT_OPTIONS, **(body.get("options") or {})}
@@ -130,10 +195,9 @@ class OllamaProtocolServer:
                     presence_penalty=options["presence_penalty"], frequency_penalty=options["frequency_penalty"], constraint=constraint,
                 )
                 start = time.perf_counter_ns()
-                with server._lock:
-                    if body.get("stream", True):
-                        return self._stream_reply(request, params, chat, body["model"], start, n_prompt)
-                    out = server.engine.generate(request, params)[0]
+                if body.get("stream", True):
+                    return self._stream_reply(request, params, chat, body["model"], start, n_prompt)
+                out = server.engine.generate(request, params)[0]
                 total = time.perf_counter_ns() - start
                 reply = self._base(body["model"], chat, out.text)
                 reply.update(done=True, done_reason=out.finish_reason, **_metrics(total, out.metrics.ttft, n_prompt, out.usage.completion_tokens))
@@ -141,14 +205,22 @@ class OllamaProtocolServer:
 
             def _stream_reply(self, request, params, chat: bool, model: str, start: int, n_prompt: int) -> None:
                 self._ndjson_start()
+                stream = None
                 try:
-                    self._stream_lines(request, params, chat, model, start, n_prompt)
+                    stream = server.engine.stream(request, params)
+                    self._stream_lines(stream, chat, model, start, n_prompt)
+                except llmkit.LLMKitError as exc:  # the model failed: Ollama reports it as an error line
+                    self._line({"error": str(exc)})
                 finally:
-                    self._ndjson_end()
+                    if stream is not None:
+                        stream.close()  # a client that went away frees the model at once
+                self._ndjson_end()
 
-            def _stream_lines(self, request, params, chat: bool, model: str, start: int, n_prompt: int) -> None:
+            def _stream_lines(self, stream, chat: bool, model: str, start: int, n_prompt: int) -> None:
                 sent, first, tokens = 0, None, 0
-                for chunk in server.engine.stream(request, params):
+                for chunk in stream:
+                    if self._client_gone():
+                        raise _ClientGone
                     if server.fail_after_chunks is not None and sent >= server.fail_after_chunks:
                         self._line({"error": "an error was encountered while running the model"})
                         return
@@ -161,6 +233,14 @@ class OllamaProtocolServer:
                                     **_metrics(time.perf_counter_ns() - start, first, n_prompt, tokens))
                     self._line(part)
                     sent += 1
+
+            def _client_gone(self) -> bool:
+                """The client closed its connection (a readable socket with nothing to read)."""
+                try:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
 
             # ---- wire format ----------------------------------------------------------------------
 
@@ -178,6 +258,7 @@ class OllamaProtocolServer:
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self._uncount()
                 self.wfile.write(data)
 
             def _ndjson_start(self) -> None:
@@ -190,12 +271,19 @@ class OllamaProtocolServer:
                 data = json.dumps(payload).encode() + b"\n"
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
+                self._lines += 1
 
             def _ndjson_end(self) -> None:
+                self._uncount()
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
+        Handler._counted, Handler._lines = False, 0
         return Handler
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while its request was being served."""
 
 
 def _now() -> str:
@@ -206,3 +294,20 @@ def _metrics(total_ns: int, ttft_s: float | None, prompt_tokens: int, eval_token
     prompt_ns = int((ttft_s or 0) * 1e9)
     return {"total_duration": total_ns, "load_duration": 0, "prompt_eval_count": prompt_tokens,
             "prompt_eval_duration": prompt_ns, "eval_count": eval_tokens, "eval_duration": max(1, total_ns - prompt_ns)}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model-name", default="smollm2:135m")
+    args = parser.parse_args()
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, prefix_caching=False) as backing:
+        with OllamaProtocolServer(backing, args.model_name, port=args.port) as server:
+            print(server.url, flush=True)
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

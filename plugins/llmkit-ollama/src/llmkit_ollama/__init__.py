@@ -11,6 +11,7 @@ def register_engines(register):
             name="ollama",
             target="llmkit_ollama.engine:OllamaEngine",
             requires=("ollama",),
+            distributions=("ollama",),  # the client library; the server reports its own version
             install_hint="pip install llmkit-ollama (and an Ollama server: OLLAMA_HOST)",
             description="Ollama over REST (verified against its documented protocol; see the plugin README)",
         )

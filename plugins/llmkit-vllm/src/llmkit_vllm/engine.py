@@ -72,6 +72,10 @@ class VLLMEngine(Engine):
     def _start(self) -> None:
         opts = self.options
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM-CPU's default would take far more
+        # Spawn, not fork: the engine starts from llmkit's own event-loop thread, in a process where CUDA may
+        # already be initialized (seen on an H200: "Cannot re-initialize CUDA in forked subprocess"). vLLM's CPU
+        # platform spawns anyway.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         on_cpu = not _cuda_available()
         script = processes.unguarded_main_script()
         if script is not None and _will_spawn(on_cpu):
@@ -330,14 +334,8 @@ def _validation_error() -> type[BaseException]:
 
 
 def _will_spawn(on_cpu: bool) -> bool:
-    """Whether vLLM will start its processes with `spawn` (vllm.utils.system_utils._maybe_force_spawn; the CPU
-    platform always does)."""
-    method = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
-    if method:
-        return method == "spawn"
-    import torch
-
-    return on_cpu or torch.cuda.is_initialized()
+    """Whether vLLM will start its processes with `spawn` (llmkit's default; vLLM's CPU platform always does)."""
+    return on_cpu or os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", "spawn") == "spawn"
 
 
 def _cuda_available() -> bool:
