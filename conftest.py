@@ -55,6 +55,17 @@ def vllm_engine():
     its greedy output does not depend on the batch (bf16's does, at near-ties), so concurrent callers can be
     compared with their solo twins."""
     pytest.importorskip("vllm")
-    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048, enable_lora=True, max_lora_rank=8,
-                     dtype="float32") as engine:
+    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=2048, dtype="float32") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def vllm_lora_engine():
+    """vLLM with per-request LoRA. vLLM's GPU LoRA kernels take fp16/bf16 only (an H200 refused float32)."""
+    pytest.importorskip("vllm")
+    import torch
+
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=1024, enable_lora=True, max_lora_rank=8,
+                     dtype=dtype, memory_fraction=0.2 if torch.cuda.is_available() else None) as engine:
         yield engine

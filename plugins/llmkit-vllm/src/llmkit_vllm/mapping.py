@@ -13,8 +13,9 @@ from typing import Any
 
 from llmkit.engine import EngineOptions
 from llmkit.kit.constraints import structured_output
+from llmkit.kit.jsonschema import prepare_schema, xgrammar_json_ebnf
 from llmkit.kit.mapping import Mapping, Param
-from llmkit.types import GREEDY_BELOW, SamplingParams, StreamChunk, TokenLogprob, Usage
+from llmkit.types import GREEDY_BELOW, JsonSchema, SamplingParams, StreamChunk, TokenLogprob, Usage
 
 # vLLM raises temperatures in (0, 0.01) to 0.01 with a warning (SamplingParams.__post_init__, _MAX_TEMP):
 # llmkit refuses them instead of letting the value change silently.
@@ -26,6 +27,17 @@ RANGES = {"temperature": (0.0, 2.0)}  # vLLM's _verify_args
 
 def _temperature(value: float) -> float:
     return 0.0 if value < GREEDY_BELOW else value
+
+
+def _structured(constraint) -> dict[str, Any] | None:
+    """StructuredOutputsParams fields. A JSON schema goes as xgrammar's own grammar for it with JSON's string
+    rule restored (vLLM's `json=` path compiles with xgrammar 0.2.8, which admits raw control characters in
+    strings with length bounds); xgrammar is vLLM's default structured-output backend."""
+    if constraint is None:
+        return None
+    if isinstance(constraint, JsonSchema):
+        return {"grammar": xgrammar_json_ebnf(prepare_schema(constraint.schema_))}
+    return structured_output(constraint)
 
 
 def _refuse_tiny_temperature(value: float) -> str | None:
@@ -47,8 +59,9 @@ SAMPLING = Mapping(SamplingParams, [
     Param("repetition_penalty", "repetition_penalty"),
     Param("presence_penalty", "presence_penalty"),
     Param("frequency_penalty", "frequency_penalty"),
-    Param("constraint", "structured_outputs", lambda c: None if c is None else structured_output(c),
-          "StructuredOutputsParams: choice / grammar (llmkit's exact regex translation) / json / grammar"),
+    Param("constraint", "structured_outputs", _structured,
+          "StructuredOutputsParams: choice / grammar (llmkit's exact regex translation) / grammar (xgrammar's JSON grammar, "
+          "strings fixed) / grammar"),
 ], fixed={"skip_special_tokens": True, "include_stop_str_in_output": False})
 
 # Portable engine options → vllm.EngineArgs fields. None leaves vLLM's default.
