@@ -516,9 +516,11 @@ class Engine(ABC):
             self._submit(generation)
         except BaseException as exc:
             generation.counted = False
+            if self._closed and not isinstance(exc, LLMKitError):  # closed between the check above and the submission
+                exc = EngineClosedError(f"{self.backend} engine for {self.model!r} was closed while the request was submitted")
             generation.end(exc if isinstance(exc, LLMKitError) else None)
             if isinstance(exc, LLMKitError):
-                raise
+                raise exc
             raise EngineError(f"{self.backend}: {type(exc).__name__}: {exc}") from exc
         return generation
 
@@ -605,8 +607,8 @@ def _collect(generation: Generation, prompt_index: int, chunks: list[StreamChunk
     return completions
 
 
-class ChunkStream(Iterator[StreamChunk]):
-    """The chunks of one streamed request. Iterate it; `close()` (or dropping it) cancels the request."""
+class _Stream:
+    """What both stream kinds share: one generation, cancelled when the stream is closed or dropped."""
 
     def __init__(self, generation: Generation, backend: str) -> None:
         self._generation = generation
@@ -615,6 +617,15 @@ class ChunkStream(Iterator[StreamChunk]):
     @property
     def request_id(self) -> str:
         return self._generation.id
+
+    def __del__(self) -> None:
+        generation = getattr(self, "_generation", None)
+        if generation is not None:
+            generation.cancel()
+
+
+class ChunkStream(_Stream, Iterator[StreamChunk]):
+    """The chunks of one streamed request. Iterate it; `close()` (or dropping it) cancels the request."""
 
     def __iter__(self) -> "ChunkStream":
         return self
@@ -634,22 +645,9 @@ class ChunkStream(Iterator[StreamChunk]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        generation = getattr(self, "_generation", None)
-        if generation is not None:
-            generation.cancel()
 
-
-class AsyncChunkStream(AsyncIterator[StreamChunk]):
-    """The async twin of `ChunkStream`."""
-
-    def __init__(self, generation: Generation, backend: str) -> None:
-        self._generation = generation
-        self._backend = backend
-
-    @property
-    def request_id(self) -> str:
-        return self._generation.id
+class AsyncChunkStream(_Stream, AsyncIterator[StreamChunk]):
+    """The async twin of `ChunkStream`: `async for`, `aclose()`, `async with`."""
 
     def __aiter__(self) -> "AsyncChunkStream":
         return self
@@ -673,11 +671,6 @@ class AsyncChunkStream(AsyncIterator[StreamChunk]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._generation.cancel()
-
-    def __del__(self) -> None:
-        generation = getattr(self, "_generation", None)
-        if generation is not None:
-            generation.cancel()
 
 
 def _as_llmkit_error(call, backend: str):

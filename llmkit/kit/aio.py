@@ -71,8 +71,14 @@ class LoopThread:
             pass
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel what is left on the loop, stop it and join the thread."""
+        """Cancel what is left on the loop, stop it and join the thread. From the loop's own thread (an engine
+        dropped there), only schedules that: the thread cannot wait for itself."""
         if self.loop.is_closed():
+            return
+        if self.on_loop:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
             return
 
         async def cancel_all() -> None:

@@ -64,3 +64,16 @@ class HFPromptEncoder:
         bos = tok.bos_token_id
         return SpecialTokens(bos_token_id=bos, eos_token_ids=sorted(eos), pad_token_id=tok.pad_token_id,
                              adds_bos=bool(probe) and bos is not None and probe[0] == bos)
+
+
+def token_ids_only(request: Request, vocab_size: int, backend: str) -> list[int]:
+    """For an engine loaded without a tokenizer (vLLM/SGLang `skip_tokenizer_init`): token-id prompts only,
+    inside the vocabulary."""
+    if request.prompt_token_ids is None:
+        raise InvalidRequestError(f"{backend}: loaded without a tokenizer (skip_tokenizer_init=True), it takes only "
+                                  "prompt_token_ids", parameter="inputs")
+    ids = list(request.prompt_token_ids)
+    if max(ids) >= vocab_size:
+        raise InvalidRequestError(f"token id {max(ids)} is outside the vocabulary ({vocab_size})", parameter="prompt_token_ids",
+                                  value=max(ids))
+    return ids

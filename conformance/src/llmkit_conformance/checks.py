@@ -390,24 +390,41 @@ def _numbered(i: int) -> str:
     return f"Note {i}: the {_WORDS[i % len(_WORDS)]} box number {i * 7 + 3} holds a {_WORDS[(i * 5) % len(_WORDS)]}"
 
 
-def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[list[str], list[list[int]]]:
-    """`count` prompts whose solo greedy outputs start differently, so an output that went to the wrong
-    caller is recognised (a small random model says much the same whatever the prompt)."""
-    chosen, twins, firsts = [], [], set()
+def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[list[str], list[list]]:
+    """`count` prompts whose solo greedy outputs start differently (the first token, or the first 12
+    characters where there are no token ids), so an output that went to the wrong caller is recognised (a
+    small random model says much the same whatever the prompt)."""
+    chosen, twins, starts = [], [], set()
     for i in range(4 * count):
         prompt = _numbered(i)
-        out = engine.generate(prompt, params)[0].token_ids
-        if out and out[0] not in firsts:
+        completion = engine.generate(prompt, params)[0]
+        out = _output(completion)
+        start = tuple(out[: 1 if completion.token_ids else 12])
+        if out and start not in starts:
             chosen.append(prompt)
             twins.append(out)
-            firsts.add(out[0])
+            starts.add(start)
             if len(chosen) == count:
                 return chosen, twins
     raise CheckFailed(f"only {len(chosen)} of {4 * count} prompts gave distinct greedy outputs: the check cannot tell "
-                      "callers' outputs apart on this model", firsts=sorted(firsts))
+                      "callers' outputs apart on this model", starts=sorted(map(str, starts)))
 
 
-def _agrees(out: list[int], twin: list[int], others: list[list[int]], invariant: bool) -> bool:
+def _output(completion: Any) -> list:
+    """What a caller's output is compared by: its token ids, or its characters where the engine reports no
+    token ids (Ollama)."""
+    return list(completion.token_ids) or list(completion.text)
+
+
+def _streamed(chunks: Any) -> list:
+    ids, text = [], []
+    for chunk in chunks:
+        ids += chunk.token_ids
+        text.append(chunk.text)
+    return ids or list("".join(text))
+
+
+def _agrees(out: list, twin: list, others: list[list], invariant: bool) -> bool:
     """An output belongs to its caller: equal to its solo twin where the engine declares batch-invariant
     greedy decoding; elsewhere (batching may flip a near-tie) it starts like its twin and shares a longer
     prefix with it than with any other caller's twin."""
@@ -428,10 +445,10 @@ def check_concurrent_requests(engine) -> dict:
     caps = engine.capabilities()
     params = greedy(max_tokens=16, ignore_eos=caps.supports("ignore_eos"))
     start = time.perf_counter()
-    prompts, solo = _distinct_prompts(engine, params, 8)
+    prompts, solo = _distinct_prompts(engine, params, 8)  # token ids, or text where the engine gives none (Ollama)
     solo_seconds = (time.perf_counter() - start) / len(prompts) / 4
     long_params = greedy(max_tokens=48, ignore_eos=caps.supports("ignore_eos"))
-    long_twin = engine.generate(PROMPT, long_params)[0].token_ids
+    long_twin = _output(engine.generate(PROMPT, long_params)[0])
     patience = _patience(engine, solo_seconds)
 
     unread = engine.stream(PROMPT, long_params)  # read two chunks, then leave it unread while others run
@@ -441,18 +458,18 @@ def check_concurrent_requests(engine) -> dict:
 
     def thread_stream(i: int) -> None:
         go.wait(patience)
-        outputs[i] = [t for c in engine.stream(prompts[i], params) for t in c.token_ids]
+        outputs[i] = _streamed(engine.stream(prompts[i], params))
 
     def thread_generate(i: int) -> None:
         go.wait(patience)
-        outputs[i] = engine.generate(prompts[i], params)[0].token_ids
+        outputs[i] = _output(engine.generate(prompts[i], params)[0])
 
     async def async_callers() -> None:
         async def one_stream(i: int) -> None:
-            outputs[i] = [t async for c in engine.astream(prompts[i], params) for t in c.token_ids]
+            outputs[i] = _streamed([c async for c in engine.astream(prompts[i], params)])
 
         async def one_generate(i: int) -> None:
-            outputs[i] = (await engine.agenerate(prompts[i], params))[0].token_ids
+            outputs[i] = _output((await engine.agenerate(prompts[i], params))[0])
 
         go.wait(patience)
         await asyncio.gather(one_stream(5), one_stream(6), one_generate(7))
@@ -475,8 +492,7 @@ def check_concurrent_requests(engine) -> dict:
         if not finished:
             unread.close()  # lets an engine that serialises callers release them
         pool.shutdown(wait=False, cancel_futures=True)
-    rest = [t for c in unread for t in c.token_ids]
-    long_out = [t for c in head for t in c.token_ids] + rest
+    long_out = _streamed(head + list(unread))
     invariant = caps.batch_invariant_greedy
     wrong = [i for i in range(len(prompts)) if not _agrees(outputs[i], solo[i], solo, invariant)]
     require(not wrong, f"callers {wrong} got output that is not their own (compared with each prompt's solo greedy output)",

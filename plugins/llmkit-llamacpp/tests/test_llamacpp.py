@@ -179,3 +179,28 @@ def test_memory_reports_llamacpp_allocations(llamacpp_engine):
     assert rows["KV cache per token"] == 1.0
     # Q4_1 GGUF keeps some tensors wider than 5 bits per weight: more than the plan, not less
     assert 1.0 < rows["weights"] < 1.3
+
+
+def test_scoring_ranks_special_tokens_and_weights(llamacpp_engine):
+    out = llamacpp_engine.generate("The capital of France is", greedy(max_tokens=0, prompt_logprobs=0))[0]
+    assert out.token_ids == [] and out.finish_reason == "length" and all(e.rank >= 1 for e in out.prompt_logprobs[1:])
+    special = llamacpp_engine.special_tokens()
+    assert special.eos_token_ids and special.adds_bos is not None
+    weights = llamacpp_engine.weights()
+    assert (weights.format, weights.dtype, weights.kv_cache_dtype) == ("gguf", "q4_1", "fp16")
+
+
+def test_kv_cache_type_is_an_option():
+    with pytest.raises(llmkit.InvalidRequestError, match="flash_attn"):
+        llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, kv_cache_dtype="q8_0")
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, kv_cache_dtype="q8_0", flash_attn=True, max_model_len=512) as engine:
+        assert engine.weights().kv_cache_dtype == "q8_0" and engine.memory().kv_dtype == "q8_0"
+        assert engine.generate("Hello", greedy(max_tokens=3, ignore_eos=True))[0].usage.completion_tokens == 3
+
+
+def test_closed_engine_still_knows_its_context(llamacpp_engine):
+    engine = llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, max_model_len=512)
+    engine.close()
+    assert engine.context_length == 512  # 413c71b: AttributeError
+    with pytest.raises(llmkit.EngineClosedError):
+        engine.generate("x")

@@ -19,8 +19,8 @@ What tests may inspect or inject (beside real traffic):
     reply_error         (status, message): generation requests get that `{"error": ...}` reply
     hold                while set, generation requests get no reply at all (a server that never answers)
 
-Run on its own (a process a test can kill): python ollama_protocol.py [--port N] [--model-name NAME];
-it prints its URL once it serves.
+Run on its own (a process a test can kill): python ollama_protocol.py [--port N] [--model-name NAME]
+[--n-threads N]; it prints its URL once it serves.
 """
 
 from __future__ import annotations
@@ -302,8 +302,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model-name", default="smollm2:135m")
+    parser.add_argument("--n-threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
-    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, prefix_caching=False) as backing:
+    threads = {"n_threads": args.n_threads} if args.n_threads else {}
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, prefix_caching=False, **threads) as backing:
         with OllamaProtocolServer(backing, args.model_name, port=args.port) as server:
             print(server.url, flush=True)
             threading.Event().wait()

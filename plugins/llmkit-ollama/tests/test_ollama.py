@@ -50,19 +50,6 @@ EXPECTED = {name: "passed" for name in CHECKS} | {
 }
 # Checks that fail here for reasons outside the adapter: what the check must report, and why.
 KNOWN_FAILURES = {
-    "close_in_flight": (
-        r"each stream in flight must end with EngineClosedError",
-        lambda data: set(data["endings"]) == {0, 1, 2},  # stream 3, the one really in flight, got EngineClosedError
-        "the check reads the first chunk of 4 streams one after another and expects all 4 in flight at close(); "
-        "the protocol server's llama.cpp serves FIFO, so streams 0-2 have finished (their chunks buffered) before "
-        "stream 3 yields its first chunk. test_close_with_streams_in_flight covers close() with requests in flight."),
-    "concurrent_requests": (
-        # the check has said it two ways while it was being written: no prompt with a first token, or outputs
-        # that are not the callers' own; both only because every token-id list is empty
-        r"only 0 of \d+ prompts gave distinct greedy outputs|got output that is not their own",
-        lambda data: data.get("firsts") == [] or (bool(data.get("got")) and all(v == [] for v in data["got"].values())),
-        "the check compares token ids, and Ollama's API returns text without token ids (every output is []); "
-        "test_threads_and_tasks_share_one_engine compares text with each prompt's solo twin instead."),
     "quality_sentiment": (
         r"9/12 reviews classified right",
         lambda data: True,
@@ -72,10 +59,15 @@ KNOWN_FAILURES = {
 }
 
 
+# One thread: on a busy 2-core machine llama.cpp's two threads wait on each other (16 tokens took from 3 s to
+# 45 s); one thread slows down in proportion. The process-server test starts its server the same way.
+BACKING_THREADS = 1
+
+
 @pytest.fixture(scope="module")
 def server():
     pytest.importorskip("llama_cpp")
-    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, prefix_caching=False) as backing:
+    with llmkit.load("llamacpp", llmkit.DEFAULT_MODEL, prefix_caching=False, n_threads=BACKING_THREADS) as backing:
         with OllamaProtocolServer(backing, MODEL, pullable=("tinyllama:latest",)) as srv:
             yield srv
 
@@ -408,7 +400,7 @@ def test_a_model_removed_from_the_server_after_load(engine, server, twin):
 @pytest.mark.timeout(120)
 def test_a_server_that_stops_answering(server, twin):
     expected = twin(PROMPT)
-    with llmkit.load("ollama", MODEL, host=server.url, num_ctx=2048, timeout=1) as engine:
+    with llmkit.load("ollama", MODEL, host=server.url, num_ctx=2048, timeout=2) as engine:
         server.hold.set()
         try:
             calls = {"generate": lambda: engine.generate(PROMPT, greedy(max_tokens=4)),
@@ -416,9 +408,9 @@ def test_a_server_that_stops_answering(server, twin):
                      "agenerate": lambda: asyncio.run(engine.agenerate(PROMPT, greedy(max_tokens=4)))}
             for name, call in calls.items():
                 started = time.perf_counter()
-                with pytest.raises(llmkit.EngineError, match="did not answer within the timeout of 1 s") as info:
+                with pytest.raises(llmkit.EngineError, match="did not answer within the timeout of 2 s") as info:
                     call()
-                assert type(info.value) is llmkit.EngineError and time.perf_counter() - started < 10, name
+                assert type(info.value) is llmkit.EngineError and time.perf_counter() - started < 15, name
         finally:
             server.hold.clear()
         assert engine.generate(PROMPT, greedy(max_tokens=8))[0].text == expected
@@ -447,8 +439,8 @@ def test_an_unresolvable_host():
 @contextmanager
 def protocol_server_process(port: int = 0):
     """The protocol server in a process of its own, which a test can kill."""
-    process = subprocess.Popen([sys.executable, str(HERE / "ollama_protocol.py"), "--port", str(port), "--model-name", MODEL],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([sys.executable, str(HERE / "ollama_protocol.py"), "--port", str(port), "--model-name", MODEL,
+                                "--n-threads", str(BACKING_THREADS)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 120)
         url = process.stdout.readline().strip() if ready else ""

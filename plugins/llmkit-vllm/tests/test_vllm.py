@@ -199,3 +199,14 @@ def test_close_ends_its_own_processes_only(vllm_engine):
     assert vllm_engine.generate("Hello", greedy(max_tokens=2, ignore_eos=True))[0].usage.completion_tokens == 2
     with pytest.raises(llmkit.EngineClosedError):
         engine.generate("x")
+
+
+def test_scoring_only_ranks_special_tokens_and_weights(vllm_engine):
+    scored = vllm_engine.generate("The capital of France is", greedy(max_tokens=0, prompt_logprobs=0))[0]
+    with_token = vllm_engine.generate("The capital of France is", greedy(max_tokens=1, prompt_logprobs=0))[0]
+    assert scored.token_ids == [] and scored.text == "" and scored.usage.completion_tokens == 0 and scored.finish_reason == "length"
+    assert [e.logprob for e in scored.prompt_logprobs[1:]] == pytest.approx([e.logprob for e in with_token.prompt_logprobs[1:]], abs=1e-4)
+    assert all(e.rank >= 1 for e in scored.prompt_logprobs[1:])
+    assert vllm_engine.special_tokens().eos_token_ids
+    weights = vllm_engine.weights()
+    assert weights.format == "safetensors" and weights.dtype == "fp32"

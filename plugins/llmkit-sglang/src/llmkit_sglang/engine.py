@@ -55,7 +55,7 @@ from llmkit.errors import (
 )
 from llmkit.kit import processes
 from llmkit.kit.aio import LoopThread
-from llmkit.kit.chat import HFPromptEncoder
+from llmkit.kit.chat import HFPromptEncoder, token_ids_only
 from llmkit.kit.generation import Generation
 from llmkit.planner import KV_BYTES, WEIGHT_BITS, dtype_name
 from llmkit.types import Capabilities, MemoryUsage, Request, SamplingParams, SpecialTokens, StrictInt, WeightsInfo
@@ -280,13 +280,7 @@ class SGLangEngine(Engine):
 
     def _tokenize(self, request: Request) -> list[int]:
         if self.encoder is None:
-            if request.prompt_token_ids is None:
-                raise InvalidRequestError("sglang: skip_tokenizer_init=True takes only prompt_token_ids", parameter="inputs")
-            ids = list(request.prompt_token_ids)
-            if max(ids) >= self._vocab_size:
-                raise InvalidRequestError(f"token id {max(ids)} is outside the vocabulary ({self._vocab_size})",
-                                          parameter="prompt_token_ids", value=max(ids))
-            return ids
+            return token_ids_only(request, self._vocab_size, self.backend)
         return self.encoder.encode(request)
 
     def request_kwargs(self, params: SamplingParams, prompt_ids: list[int], *, rid: str = "llmkit-x/0/", index: int = 0,

@@ -32,7 +32,7 @@ from llmkit.errors import (
 )
 from llmkit.kit import processes
 from llmkit.kit.aio import LoopThread
-from llmkit.kit.chat import HFPromptEncoder
+from llmkit.kit.chat import HFPromptEncoder, token_ids_only
 from llmkit.kit.generation import Generation
 from llmkit.kit.grammars import RegexNotExpressible
 from llmkit.planner import KV_BYTES, WEIGHT_BITS, dtype_name
@@ -185,13 +185,7 @@ class VLLMEngine(Engine):
 
     def _tokenize(self, request: Request) -> list[int]:
         if self.encoder is None:
-            if request.prompt_token_ids is None:
-                raise InvalidRequestError("vllm: skip_tokenizer_init=True takes only prompt_token_ids", parameter="inputs")
-            ids = list(request.prompt_token_ids)
-            if max(ids) >= self._vocab_size:
-                raise InvalidRequestError(f"token id {max(ids)} is outside the vocabulary ({self._vocab_size})",
-                                          parameter="prompt_token_ids", value=max(ids))
-            return ids
+            return token_ids_only(request, self._vocab_size, self.backend)
         return self.encoder.encode(request)
 
     def _special_tokens(self) -> SpecialTokens:
