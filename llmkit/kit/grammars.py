@@ -203,12 +203,14 @@ class _Translator:
             name = "^" if av is c.AT_BEGINNING else "\\A"
             if at_start:
                 return _EMPTY
-            raise RegexNotExpressible(f"anchor {name} where something can precede it (only the start of the pattern is expressible)")
+            raise RegexNotExpressible(f"anchor {name} where something can precede it (a grammar has no position tests; "
+                                      "it is expressible only where nothing can precede it)")
         if av in (c.AT_END, c.AT_END_STRING):
             name = "$" if av is c.AT_END else "\\Z"
             if at_end:
                 return _EMPTY
-            raise RegexNotExpressible(f"anchor {name} where something can follow it (only the end of the pattern is expressible)")
+            raise RegexNotExpressible(f"anchor {name} where something can follow it (a grammar has no position tests; "
+                                      "it is expressible only where nothing can follow it)")
         name = {c.AT_BOUNDARY: "word boundary \\b", c.AT_NON_BOUNDARY: "non-boundary \\B"}.get(av, str(av))
         raise RegexNotExpressible(f"{name}: it depends on the characters around it, which a grammar cannot look at")
 
@@ -221,10 +223,12 @@ def _refusal(op, av) -> str:
         return "conditional (?(group)yes|no): a grammar cannot ask whether a group took part"
     if op in (c.ASSERT, c.ASSERT_NOT):
         kind = "lookahead" if av[0] == 1 else "lookbehind"
-        syntax = {(c.ASSERT, 1): "(?=...)", (c.ASSERT_NOT, 1): "(?!...)", (c.ASSERT, -1): "(?<=...)", (c.ASSERT_NOT, -1): "(?<!...)"}
-        return f"{kind} {syntax[op, 1 if av[0] == 1 else -1]}: a grammar cannot look ahead or behind"
+        syntax = {(c.ASSERT, 1): "(?=...)", (c.ASSERT_NOT, 1): "(?!...)", (c.ASSERT, -1): "(?<=...)",
+                  (c.ASSERT_NOT, -1): "(?<!...)"}[op, 1 if av[0] == 1 else -1]
+        return f"{kind} {syntax}: a grammar cannot look ahead or behind"
     if op is c.POSSESSIVE_REPEAT:
-        return "possessive quantifier (*+, ++, ?+, {m,n}+): it forbids backtracking, which changes what matches (a*+a matches nothing)"
+        return ("possessive quantifier (*+, ++, ?+, {m,n}+): it forbids backtracking, which changes what matches "
+                "(a*+a matches nothing)")
     if op is c.ATOMIC_GROUP:
         return "atomic group (?>...): it forbids backtracking, which changes what matches"
     return f"{str(op).lower()} is not expressible as a grammar"

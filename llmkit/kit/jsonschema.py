@@ -101,13 +101,61 @@ def _all_nodes(node: Any) -> list[dict[str, Any]]:
 
 # A negated character class of xgrammar's EBNF, e.g. [^\"\\\r\n]
 _NEGATED_CLASS = re.compile(r"\[\^((?:\\.|[^\]\\])*)\]")
-_CONTROL = "\\0-\\x1f"
+_ESCAPES = {"n": 0x0A, "r": 0x0D, "t": 0x09, "0": 0x00, "b": 0x08, "f": 0x0C, "v": 0x0B}
 
 
 def xgrammar_json_ebnf(schema: dict[str, Any], *, any_whitespace: bool = False) -> str:
-    """xgrammar's EBNF for `schema` (compact JSON unless `any_whitespace`), with raw control characters
-    excluded from every string."""
+    """xgrammar's EBNF for `schema` (compact JSON unless `any_whitespace`), with every negated character
+    class — in a JSON grammar those only occur inside strings — rewritten as the positive class of what JSON
+    allows there: no raw control character U+0000–U+001F (xgrammar 0.2.8 admits them in strings with
+    length bounds), and no byte sequence that is not a character (both engines' negated classes accept
+    encoded surrogates, which come out as U+FFFD)."""
     import xgrammar as xgr
 
     ebnf = str(xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=any_whitespace, strict_mode=True))
-    return _NEGATED_CLASS.sub(lambda m: m[0] if m[1].startswith(_CONTROL) else f"[^{_CONTROL}{m[1]}]", ebnf)
+    return _NEGATED_CLASS.sub(lambda m: _positive_class(_class_code_points(m[1])), ebnf)
+
+
+def _class_code_points(body: str) -> list[tuple[int, int]]:
+    """The (lo, hi) ranges an xgrammar class body lists: escapes \\x.. (any number of hex digits, as
+    xgrammar reads them), \\u...., \\U........, \\n \\r \\t \\0 ..., and a-b ranges."""
+    points: list[int] = []
+    i = 0
+    while i < len(body):
+        if body[i] == "\\":
+            kind = body[i + 1]
+            if kind in "xuU":
+                j = i + 2
+                width = {"u": 4, "U": 8}.get(kind)
+                while j < len(body) and body[j] in "0123456789abcdefABCDEF" and (width is None or j - i - 2 < width):
+                    j += 1
+                points.append(int(body[i + 2:j], 16))
+                i = j
+            else:
+                points.append(_ESCAPES.get(kind, ord(kind)))
+                i += 2
+        else:
+            points.append(ord(body[i]))
+            i += 1
+        if len(points) >= 2 and points[-2] == -1:  # the end of a range a-b
+            hi = points.pop()
+            points.pop()
+            points[-1] = (points[-1], hi)
+        if i < len(body) - 1 and body[i] == "-" and points and not isinstance(points[-1], tuple):
+            points.append(-1)
+            i += 1
+    return [p if isinstance(p, tuple) else (p, p) for p in points]
+
+
+def _positive_class(excluded: list[tuple[int, int]]) -> str:
+    from llmkit.kit.grammars import char_class
+
+    cuts = sorted([(0x00, 0x1F), (0xD800, 0xDFFF), *excluded])
+    ranges, low = [], 0
+    for lo, hi in cuts:
+        if lo > low:
+            ranges.append((low, lo - 1))
+        low = max(low, hi + 1)
+    if low <= 0x10FFFF:
+        ranges.append((low, 0x10FFFF))
+    return char_class(ranges)

@@ -210,3 +210,10 @@ def test_scoring_only_ranks_special_tokens_and_weights(vllm_engine):
     assert vllm_engine.special_tokens().eos_token_ids
     weights = vllm_engine.weights()
     assert weights.format == "safetensors" and weights.dtype == "fp32"
+
+
+def test_n_samples_come_back_per_index(vllm_engine):
+    out = vllm_engine.generate(["Once upon a time", "The sea"], llmkit.SamplingParams(n=3, seed=2, max_tokens=6, ignore_eos=True))
+    assert [(c.prompt_index, c.index) for c in out] == [(p, i) for p in (0, 1) for i in range(3)]
+    assert all(len(c.token_ids) == 6 and c.usage.completion_tokens == 6 for c in out)
+    assert len({tuple(c.token_ids) for c in out[:3]}) > 1
