@@ -221,6 +221,8 @@ class SamplingParams(LLMKitModel):
             stop = [stop]
         if isinstance(stop, list) and any(isinstance(s, str) and not s for s in stop):
             raise ValueError("stop strings must be non-empty")
+        if isinstance(stop, list) and any(isinstance(s, str) and not _encodable(s) for s in stop):
+            raise ValueError("a stop string holds a lone surrogate (not valid Unicode)")
         return stop
 
     @model_validator(mode="after")
@@ -251,6 +253,14 @@ class SamplingParams(LLMKitModel):
             if value != neutral:
                 used.append(f"constraint:{value.kind}" if name == "constraint" else name)
         return used
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def greedy(**overrides: Any) -> SamplingParams:
@@ -285,6 +295,9 @@ class Request(LLMKitModel):
             raise ValueError("prompt_token_ids must be a non-empty list of non-negative ids")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt must not be empty")
+        texts = [self.prompt] if self.prompt is not None else [m.content for m in self.messages or []]
+        if any(not _encodable(t) for t in texts):  # llama.cpp's tokenizer aborts the process on invalid UTF-8
+            raise ValueError("the text holds a lone surrogate (not valid Unicode): it cannot be encoded as UTF-8")
         if self.messages is not None:
             if not self.messages:
                 raise ValueError("messages must not be empty")

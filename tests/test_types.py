@@ -171,3 +171,11 @@ def test_constraints_take_their_field_positionally():
         Choice(["a"], choices=["b"])
     with pytest.raises(InvalidRequestError):
         Choice("ab")  # a string is not a list of choices
+
+
+@pytest.mark.parametrize("make", [lambda: llmkit.Request(prompt="a\ud800"), lambda: llmkit.Request(messages=[{"role": "user", "content": "\udfff"}]),
+                                  lambda: SamplingParams(stop=["x\ud800"])])
+def test_text_that_is_not_unicode_is_refused(make):
+    """A lone surrogate cannot be encoded; llama.cpp's tokenizer aborts the process on invalid UTF-8."""
+    with pytest.raises(InvalidRequestError, match="surrogate"):
+        make()

@@ -390,11 +390,12 @@ def _numbered(i: int) -> str:
     return f"Note {i}: the {_WORDS[i % len(_WORDS)]} box number {i * 7 + 3} holds a {_WORDS[(i * 5) % len(_WORDS)]}"
 
 
-def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[list[str], list[list]]:
+def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[list[str], list[list], float]:
     """`count` prompts whose solo greedy outputs start differently (the first token, or the first 12
     characters where there are no token ids), so an output that went to the wrong caller is recognised (a
-    small random model says much the same whatever the prompt)."""
+    small random model says much the same whatever the prompt). Also returns the seconds one solo request took."""
     chosen, twins, starts = [], [], set()
+    started = time.perf_counter()
     for i in range(4 * count):
         prompt = _numbered(i)
         completion = engine.generate(prompt, params)[0]
@@ -405,7 +406,7 @@ def _distinct_prompts(engine: Any, params: SamplingParams, count: int) -> tuple[
             twins.append(out)
             starts.add(start)
             if len(chosen) == count:
-                return chosen, twins
+                return chosen, twins, (time.perf_counter() - started) / (i + 1)
     raise CheckFailed(f"only {len(chosen)} of {4 * count} prompts gave distinct greedy outputs: the check cannot tell "
                       "callers' outputs apart on this model", starts=sorted(map(str, starts)))
 
@@ -444,9 +445,7 @@ def check_concurrent_requests(engine) -> dict:
     every caller gets its own output."""
     caps = engine.capabilities()
     params = greedy(max_tokens=16, ignore_eos=caps.supports("ignore_eos"))
-    start = time.perf_counter()
-    prompts, solo = _distinct_prompts(engine, params, 8)  # token ids, or text where the engine gives none (Ollama)
-    solo_seconds = (time.perf_counter() - start) / len(prompts) / 4
+    prompts, solo, solo_seconds = _distinct_prompts(engine, params, 8)  # token ids, or text where there are none (Ollama)
     long_params = greedy(max_tokens=48, ignore_eos=caps.supports("ignore_eos"))
     long_twin = _output(engine.generate(PROMPT, long_params)[0])
     patience = _patience(engine, solo_seconds)
