@@ -258,6 +258,56 @@ def demo(
     _run(lambda: run_demo(console, backend=backend, model=model))
 
 
+@app.command()
+def serve(
+    backend: str = BACKEND, model: str = MODEL, config: Optional[Path] = CONFIG, option: Optional[list[str]] = OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port (0: a free one, printed at start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLMKIT_API_KEY",
+                                          help="Required on every route but /health (Authorization: Bearer KEY)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The `model` clients send; default: --model."),
+    max_concurrent: int = typer.Option(64, "--max-concurrent", help="Generation requests at once (429 above)."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Largest max_tokens / num_predict per request (400 above)."),
+    max_n: int = typer.Option(16, "--max-n", help="Most sequences per request, prompts × n (400 above)."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help="Longest prompt (default: the context)."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Largest request body (413 above)."),
+    request_timeout: Optional[float] = typer.Option(600.0, "--request-timeout", help="Seconds per request (504 past it); 0: no limit."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On SIGINT/SIGTERM, seconds to finish requests in flight."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
+) -> None:
+    """Serve a model over OpenAI's (/v1/...) and Ollama's (/api/...) HTTP APIs, with a chat page at /."""
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        err_console.print(f"[bold red]error:[/] llmkit serve needs {' and '.join(missing)}: pip install 'llmkit\\[server]'")
+        raise typer.Exit(2)
+    from llmkit.server.settings import ServerSettings
+
+    def go() -> None:
+        settings = ServerSettings(host=host, port=port, api_key=api_key, served_model_name=served_model_name,
+                                  max_concurrent=max_concurrent, max_tokens=max_tokens, max_n=max_n,
+                                  max_prompt_tokens=max_prompt_tokens, max_body_bytes=max_body_bytes,
+                                  request_timeout=request_timeout or None, shutdown_timeout=shutdown_timeout)
+        from llmkit.server.run import bind, serve as run_server
+
+        try:
+            sock = bind(settings.host, settings.port)
+        except OSError as exc:
+            err_console.print(f"[bold red]error:[/] cannot listen on {settings.host}:{settings.port}: {exc}")
+            raise typer.Exit(2) from None
+        engine = _engine(backend, model, config, option)
+
+        def ready(url: str) -> None:
+            print(f"llmkit serve: {engine.backend} {engine.model!r} as {settings.served_model_name or engine.model!r} on {url} "
+                  f"(OpenAI: {url}/v1, Ollama: {url}, chat: {url}/)", flush=True)
+
+        run_server(engine, settings, sock=sock, log_level=log_level, on_ready=ready)
+        err_console.print("[dim]llmkit serve: stopped; engine closed[/]")
+
+    _run(go)
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 

