@@ -95,10 +95,17 @@ def load_config(path: str | Path, **overrides: Any) -> Engine:
     return engine
 
 
-def tune(backend: str, job: TuneJob | dict, on_progress=None, **tuner_options: Any) -> TuneResult:
-    """Fine-tune with a registered tuner backend ("trl", "unsloth", ...); the result loads on any engine."""
+def tune(backend: str, job: TuneJob | dict | str | Path, on_progress=None, **tuner_options: Any) -> TuneResult:
+    """Fine-tune with a registered tuner backend ("trl", "axolotl", "torchtune", "unsloth"): `job` is a
+    TuneJob, its fields as a dict, or a YAML/TOML/JSON file of them. The result's artifact loads on any
+    engine (a LoRA adapter folder as the model on transformers, per request on vLLM; a GGUF on llama.cpp).
+    Run the same job into the same output_dir after an interruption and it resumes from its checkpoint."""
     from llmkit.tuner import get_tuner
 
+    if isinstance(job, (str, Path)):
+        from llmkit.config import read_mapping
+
+        job = read_mapping(job)
     return get_tuner(backend, **tuner_options).finetune(job, on_progress)
 
 

@@ -190,6 +190,47 @@ def quantize(
 
 
 @app.command()
+def tune(
+    job_file: Path = typer.Argument(..., help="The TuneJob as YAML, TOML or JSON (see docs/tuning.md)."),
+    backend: str = typer.Option("trl", "--backend", "-b", help="Tuner backend: trl, unsloth, axolotl, torchtune."),
+    option: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a job field KEY=VALUE (JSON values); repeatable."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Fine-tune a model: a progress bar while it trains, then where the artifact is and what it measured.
+    Run the same job again after an interruption and it resumes from its last checkpoint."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llmkit.config import read_mapping
+    from llmkit.tuner import TuneJob
+
+    def go() -> None:
+        job = TuneJob(**{**read_mapping(job_file), **_parse_options(option)})
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+        with Progress(*columns, console=err_console, disable=as_json) as bar:
+            task = bar.add_task(f"{backend} {job.method}", total=None, status="loading")
+
+            def show(event: llmkit.TuneProgress) -> None:
+                status = " ".join(f"{name} {value:.4g}" for name, value in
+                                  (("loss", event.loss), ("eval", event.eval_loss), ("tok/s", event.tokens_per_second)) if value is not None)
+                bar.update(task, completed=event.step, total=event.total_steps, status=status or event.message)
+
+            result = llmkit.tune(backend, job, on_progress=show)
+        if as_json:
+            print(result.model_dump_json(indent=2, exclude={"history"}))
+            return
+        console.print(f"[bold]{result.artifact}[/]: {result.path}")
+        rows = [("steps", result.steps), ("resumed from step", result.resumed_from_step), ("train loss", result.train_loss),
+                ("held-out loss before", result.eval_loss_before), ("held-out loss after", result.eval_loss_after),
+                ("seconds", round(result.seconds, 1)), ("tokens/s", result.tokens_per_second),
+                ("peak memory", f"{result.peak_memory_bytes / 2**30:.2f} GiB ({result.peak_memory_kind})" if result.peak_memory_bytes else None)]
+        for name, value in rows:
+            if value is not None:
+                console.print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
+
+    _run(go)
+
+
+@app.command()
 def plan(
     model: str = MODEL,
     weights: str = typer.Option("bf16,fp8,q4_k_m", help="Weight formats, comma-separated."),

@@ -73,7 +73,8 @@ class EngineConfig(LLMKitModel):
         return {**self.options, **own}
 
 
-def read_config(path: str | Path) -> EngineConfig:
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML, TOML or JSON file whose top level is a mapping (engine configs, tuning jobs)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -96,6 +97,11 @@ def read_config(path: str | Path) -> EngineConfig:
         raise ConfigError(f"config {path} is not valid {path.suffix[1:]}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
+    return data
+
+
+def read_config(path: str | Path) -> EngineConfig:
+    data = read_mapping(path)
     try:
         config = EngineConfig(**data)
     except InvalidRequestError as exc:

@@ -1,8 +1,18 @@
 """The `Tuner` interface: fine-tuning backends (TRL, Unsloth, Axolotl, torchtune) behind one job type.
 
-An adapter subclasses `Tuner`, declares `backend` and the methods it supports, and writes `_finetune`,
-which reports progress by calling `emit(TuneProgress(...))`. The base class validates the job first
-(the data file exists and parses, the method is supported), so a bad job fails before any training.
+A `TuneJob` names every hyper-parameter; a tuner passes each one to its library explicitly (libraries
+disagree on defaults, and some change them by themselves). `Tuner.finetune` does what every backend
+shares, so an adapter writes only the training:
+
+1. refuses a method or set-up the backend cannot run (`UnsupportedFeatureError`) before any work;
+2. reads and validates the data (`llmkit.data`), splits it, writes the splits into the run's folder;
+3. claims the output folder: a finished run there is never overwritten; checkpoints of the same job are
+   resumed; checkpoints of another job are refused;
+4. calls `_finetune(job, run, emit)`; the adapter reports `TuneProgress` through `emit` and returns a
+   `TuneResult`; the result is written next to the artifact (`result.json`).
+
+Folder layout (`job.output_dir`): `job.json`, `data/{train,validation,test}.jsonl`, `checkpoints/`,
+`adapter/` (LoRA), `merged/` (full weights), `model.gguf`, `result.json`.
 """
 
 from __future__ import annotations
@@ -11,97 +21,182 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from llmkit.errors import InvalidRequestError, UnsupportedFeatureError
+from llmkit.data import Format, Splits, load_examples, split
+from llmkit.errors import InvalidRequestError, TuneError, UnsupportedFeatureError
 from llmkit.types import LLMKitModel
+
+Method = Literal["sft", "lora", "qlora", "dpo", "grpo"]
+Artifact = Literal["adapter", "merged", "gguf"]
+# What each method trains on (formats of llmkit.data).
+METHOD_FORMATS: dict[str, tuple[Format, ...]] = {
+    "sft": ("alpaca", "chat"), "lora": ("alpaca", "chat"), "qlora": ("alpaca", "chat"),
+    "dpo": ("preference",), "grpo": ("alpaca", "chat"),
+}
 
 
 class LoraConfig(LLMKitModel):
     r: int = Field(16, ge=1, le=1024)
     alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class SplitConfig(LLMKitModel):
+    """ch. 7's split by default: 85 % train, 10 % test, the rest validation, in file order."""
+
+    train: float = Field(0.85, gt=0, le=1)
+    test: float = Field(0.10, ge=0, lt=1)
+    shuffle: bool = Field(False, description="Shuffle with the job's seed before splitting.")
+
+
+class DPOOptions(LLMKitModel):
+    beta: float = Field(0.1, gt=0)
+
+
+class GRPOOptions(LLMKitModel):
+    rewards: list[str] = Field(default_factory=list, min_length=1,
+                               description="Reward functions: built-in names (llmkit.rewards) or 'module:function'.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient (TRL's default 0: no reference model).")
+
+
 class TuneJob(LLMKitModel):
-    """One fine-tuning run. Every hyper-parameter is explicit: tuners disagree on defaults too."""
+    """One fine-tuning run. Defaults are llmkit's, and every one is sent to the backend explicitly."""
 
     model: str = Field(min_length=1, description="Catalog name, local folder or hub id of the base model.")
-    data: Path = Field(description="JSON or JSONL records: Alpaca (instruction/input/output) or preference (chosen/rejected).")
-    method: Literal["sft", "dpo"] = "sft"
+    data: Path = Field(description="JSON or JSONL records: alpaca, chat or preference (llmkit.data).")
+    data_format: Format | Literal["auto"] = "auto"
+    method: Method = "lora"
     output_dir: Path
-    lora: LoraConfig | None = Field(default_factory=LoraConfig, description="None trains all weights.")
+    lora: LoraConfig | None = Field(None, description="The adapter (lora, qlora; optional for dpo and grpo). "
+                                                      "Defaults to LoraConfig() for lora and qlora.")
+    artifact: Artifact | None = Field(None, description="What the run hands over: the LoRA adapter (default with "
+                                                        "LoRA), merged weights (default without) or a GGUF for llama.cpp.")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
-    batch_size: int = Field(8, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
     max_seq_length: int = Field(512, ge=16)
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held out for the eval loss.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, slower.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32.")
     seed: int = Field(0, ge=0)
-
-    @field_validator("data")
-    @classmethod
-    def _data_exists(cls, path: Path) -> Path:
-        if not path.is_file():
-            raise ValueError(f"data file {path} does not exist")
-        return path
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    checkpoint_steps: int = Field(50, ge=1, description="Save a resumable checkpoint every N optimizer steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Validation loss every N steps (always before and after).")
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+    grpo: GRPOOptions | None = None
 
     @model_validator(mode="after")
-    def _records_fit_method(self) -> "TuneJob":
-        records = load_records(self.data)
-        needed = {"sft": {"instruction", "output"}, "dpo": {"instruction", "chosen", "rejected"}}[self.method]
-        missing = needed - set(records[0])
-        if missing:
-            raise ValueError(f"{self.method} needs records with {sorted(needed)}; {self.data} lacks {sorted(missing)}")
+    def _consistent(self) -> "TuneJob":
+        if self.method in ("lora", "qlora") and self.lora is None:
+            self.lora = LoraConfig()
+        if self.method == "sft" and self.lora is not None:
+            raise ValueError("method sft trains every weight; for an adapter use method lora (or qlora)")
+        if self.artifact is None:
+            self.artifact = "adapter" if self.lora is not None else "merged"
+        if self.artifact == "adapter" and self.lora is None:
+            raise ValueError(f"artifact adapter needs LoRA; method {self.method} without lora trains every weight")
+        if self.method == "grpo" and self.grpo is None:
+            raise ValueError("method grpo needs grpo.rewards (e.g. grpo: {rewards: [exact_match]})")
+        if self.method != "grpo" and self.grpo is not None:
+            raise ValueError(f"grpo options given for method {self.method}")
+        if self.split.train + self.split.test > 1:
+            raise ValueError(f"split train + test = {self.split.train + self.split.test} > 1")
         return self
 
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text()
-    try:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path} must hold a non-empty list of JSON objects")
-    return records
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides a run's weights: everything but where it is written and how often it is saved."""
+        return self.model_dump(mode="json", exclude={"output_dir", "checkpoint_steps", "eval_steps"})
 
 
 class TuneProgress(LLMKitModel):
     step: int = Field(ge=0)
     total_steps: int | None = None
+    epoch: float | None = None
     loss: float | None = None
     eval_loss: float | None = None
     learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="Method-specific: DPO reward margin, GRPO reward...")
     elapsed_s: float = 0.0
     message: str = ""
 
 
 class TuneResult(LLMKitModel):
-    output_dir: Path = Field(description="A folder any llmkit engine can load (merged weights or base + adapter).")
-    adapter_dir: Path | None = None
+    backend: str
+    method: Method
+    base_model: str = Field(description="What the artifact applies to (a LoRA adapter needs it).")
+    artifact: Artifact
+    path: Path = Field(description="The artifact: adapter folder, merged model folder or GGUF file.")
+    output_dir: Path
     steps: int
+    resumed_from_step: int | None = None
     train_loss: float | None = None
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
-    seconds: float
+    seconds: float = 0.0
+    train_tokens: int | None = Field(None, description="Tokens of the training batches (padding excluded).")
+    tokens_per_second: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = Field(None, description="What the peak measures: device allocations or process RSS.")
+    precision: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
     history: list[TuneProgress] = Field(default_factory=list)
+
+    def save(self) -> None:
+        (self.output_dir / "result.json").write_text(self.model_dump_json(indent=2))
+
+
+@dataclass
+class TuneRun:
+    """What `Tuner.finetune` prepared for the adapter."""
+
+    job: TuneJob
+    format: Format
+    splits: Splits
+    resume_from: Path | None  # the newest checkpoint of an interrupted run of this same job
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.job.output_dir / "checkpoints"
+
+    def artifact_path(self) -> Path:
+        return self.job.output_dir / {"adapter": "adapter", "merged": "merged", "gguf": "model.gguf"}[self.job.artifact]
 
 
 class Tuner(ABC):
+    """A fine-tuning backend. Subclasses declare `backend`, `methods` and `artifacts`, may refuse set-ups in
+    `check` (e.g. qlora without a GPU), and write `_finetune`."""
+
     backend: ClassVar[str]
-    methods: ClassVar[frozenset[str]] = frozenset({"sft"})
+    methods: ClassVar[frozenset[str]] = frozenset({"lora"})
+    artifacts: ClassVar[frozenset[str]] = frozenset({"adapter", "merged"})
+
+    def check(self, job: TuneJob) -> None:
+        """Refuse what this backend cannot run on this machine, with `UnsupportedFeatureError`."""
 
     def finetune(self, job: TuneJob | dict, on_progress: Callable[[TuneProgress], None] | None = None) -> TuneResult:
         if isinstance(job, dict):
             job = TuneJob(**job)
         if job.method not in self.methods:
-            raise UnsupportedFeatureError(self.backend, f"method={job.method}")
+            raise UnsupportedFeatureError(self.backend, f"method={job.method}", f"supported: {sorted(self.methods)}")
+        if job.artifact not in self.artifacts:
+            raise UnsupportedFeatureError(self.backend, f"artifact={job.artifact}", f"supported: {sorted(self.artifacts)}")
+        self.check(job)
+        run = prepare_run(job)
         history: list[TuneProgress] = []
         start = time.perf_counter()
 
@@ -111,12 +206,50 @@ class Tuner(ABC):
             if on_progress is not None:
                 on_progress(event)
 
-        result = self._finetune(job, emit)
+        try:
+            result = self._finetune(run, emit)
+        except (TuneError, UnsupportedFeatureError, InvalidRequestError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the library's failure, inside the llmkit error tree
+            raise TuneError(f"{self.backend}: {type(exc).__name__}: {exc}") from exc
         result.history = history
+        result.seconds = result.seconds or time.perf_counter() - start
+        result.save()
         return result
 
     @abstractmethod
-    def _finetune(self, job: TuneJob, emit: Callable[[TuneProgress], None]) -> TuneResult: ...
+    def _finetune(self, run: TuneRun, emit: Callable[[TuneProgress], None]) -> TuneResult: ...
+
+
+def prepare_run(job: TuneJob) -> TuneRun:
+    """Validate the data, claim the output folder, find a checkpoint to resume from."""
+    fmt, examples = load_examples(job.data, job.data_format)
+    if fmt not in METHOD_FORMATS[job.method]:
+        raise InvalidRequestError(f"method {job.method} trains on {' or '.join(METHOD_FORMATS[job.method])} records; "
+                                  f"{job.data} holds {fmt} records", parameter="data", value=str(job.data))
+    splits = split(examples, train=job.split.train, test=job.split.test, shuffle_seed=job.seed if job.split.shuffle else None)
+    out = job.output_dir
+    if (out / "result.json").exists():
+        raise TuneError(f"{out} already holds a finished run (result.json); nothing was overwritten: choose another output_dir")
+    saved = out / "job.json"
+    if saved.exists():
+        if json.loads(saved.read_text()) != job.fingerprint():
+            raise TuneError(f"{out} holds checkpoints of a different job (job.json differs); nothing was overwritten: "
+                            "choose another output_dir, or run the same job to resume it")
+    elif out.exists() and any(out.iterdir()):
+        raise TuneError(f"{out} is not empty and holds no llmkit run; nothing was overwritten: choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(job.fingerprint(), indent=2))
+    splits.write(out / "data")
+    return TuneRun(job=job, format=fmt, splits=splits, resume_from=latest_checkpoint(out / "checkpoints"))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete `checkpoint-N` (Hugging Face Trainer's naming): one with its trainer state."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def get_tuner(backend: str, **options: Any) -> Tuner:
@@ -127,3 +260,31 @@ def get_tuner(backend: str, **options: Any) -> Tuner:
         return tuner_class(**options)
     except TypeError as exc:
         raise InvalidRequestError(f"{backend}: bad tuner option: {exc}", parameter="options") from None
+
+
+def export(adapter_dir: Path | str, to: Literal["merged", "gguf"], out: Path | str) -> Path:
+    """Hand a LoRA adapter to engines that take one model: merged weights (a Hugging Face folder), or a GGUF
+    for llama.cpp and Ollama (merged, then llama.cpp's converter at f16; quantize it further with
+    `llmkit.quantize`)."""
+    from llmkit.kit.lora import merge_adapter
+
+    out = Path(out)
+    if to == "merged":
+        return merge_adapter(adapter_dir, out)
+    if to != "gguf":
+        raise InvalidRequestError(f"export to {to!r}: merged or gguf", parameter="to", value=to)
+    import tempfile
+
+    import llmkit
+
+    with tempfile.TemporaryDirectory(prefix="llmkit-merged-") as folder:
+        return llmkit.quantize("llamacpp", str(merge_adapter(adapter_dir, folder)), "f16", out)
+
+
+def read_result(output_dir: Path | str) -> TuneResult:
+    """The result a finished run wrote (`result.json`)."""
+    path = Path(output_dir) / "result.json"
+    if not path.exists():
+        raise TuneError(f"{output_dir} holds no finished run (no result.json)")
+    return TuneResult.model_validate_json(path.read_text())
+

@@ -71,4 +71,6 @@ def test_delta_reader_for_scoring_drops_the_token_vllm_had_to_generate():
 def test_json_schemas_go_as_a_grammar_with_valid_strings():
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 4}}, "required": ["name"]}
     grammar = to_native(llmkit.greedy(constraint=llmkit.JsonSchema(schema)))["structured_outputs"]["grammar"]
-    assert "root ::=" in grammar and "[^\\0-\\x1f" in grammar  # no raw control character inside a string
+    assert "root ::=" in grammar and "[^" not in grammar  # negated classes rewritten as positive ones
+    # string characters: from the space up, without `"`, `\` or surrogates (no raw control character)
+    assert "[ !#-\\u005B\\u005D-\\uD7FF\\uE000-\\U0010FFFF]" in grammar

@@ -13,12 +13,16 @@ llmkit options → transformers:
     seed            the engine's generator of per-request seeds (requests without a seed of their own)
     prefix_caching  refused when True: this engine keeps no cache between requests
     memory_fraction torch.cuda.set_per_process_memory_fraction on CUDA; refused on CPU
+
+A PEFT LoRA adapter folder given as the model (what `llmkit.tune` hands over) loads its base model, named
+in adapter_config.json, with the adapter merged into the weights (needs peft).
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from pathlib import Path
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +35,7 @@ from llmkit.errors import EngineError, UnsupportedFeatureError, map_engine_error
 from llmkit.kit.chat import HFPromptEncoder
 from llmkit.kit.decoding import DecodeState, prompt_logprobs, top_logprobs
 from llmkit.kit.generation import Generation
+from llmkit.kit.lora import adapter_base, is_adapter
 from llmkit.kit.worker import EngineWorker
 from llmkit.planner import dtype_name
 from llmkit.types import Capabilities, MemoryUsage, Quantization, Request, SpecialTokens, WeightsInfo
@@ -115,12 +120,20 @@ class TransformersEngine(Engine):
         self._torch = torch
         path = hf_folder(self.model)
         self._path = path
+        # A LoRA adapter folder (what llmkit.tune hands over) loads as its base with the adapter merged in.
+        adapter, base = (path, hf_folder(adapter_base(path))) if is_adapter(path) else (None, path)
         with map_engine_errors(self.backend, {OSError: EngineError}):
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
+            has_tokenizer = adapter is not None and (Path(adapter) / "tokenizer_config.json").exists()
+            tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base, trust_remote_code=opts.trust_remote_code)
             kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": opts.trust_remote_code}
             if opts.attn_implementation:
                 kwargs["attn_implementation"] = opts.attn_implementation
-            self.hf_model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            if adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            self.hf_model = model.to(self.device).eval()
             if quant is not None:
                 from torchao.quantization import Int8WeightOnlyConfig, quantize_
 

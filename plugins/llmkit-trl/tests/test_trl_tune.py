@@ -1,0 +1,181 @@
+"""Real fine-tuning through TRL on the CPU with SmolLM2-135M-Instruct: the loss falls, a synthetic task is
+learnt, the artifact serves the same greedy outputs on every engine, DPO and GRPO move their own metrics,
+and a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import llmkit
+from llmkit.tasks import alpaca_prompt
+
+pytestmark = [pytest.mark.smollm2, pytest.mark.timeout(900)]
+pytest.importorskip("trl")
+
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "datasets"
+MODEL = "smollm2-135m-instruct"
+needs_shared = pytest.mark.skipif(not (SHARED / "instruction-data.json").exists(), reason="../shared/datasets absent")
+
+# A task the base model cannot know: a made-up code word for each colour.
+CODE_WORDS = {"red": "falcon", "blue": "pebble", "green": "lantern", "yellow": "harbor",
+              "purple": "meadow", "orange": "cobalt", "black": "thistle", "white": "saffron"}
+PHRASINGS = ["What is the code word for {}?", "Give the code word for {}.", "Code word for {}?", "Tell me the code word for {}."]
+
+
+def _synthetic(path: Path) -> Path:
+    records = [{"instruction": phrasing.format(colour), "input": "", "output": word}
+               for phrasing in PHRASINGS for colour, word in CODE_WORDS.items()]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _questions() -> list[str]:
+    return [alpaca_prompt({"instruction": PHRASINGS[0].format(colour), "input": ""}) for colour in CODE_WORDS]
+
+
+def _exact(texts: list[str]) -> int:
+    return sum(text.strip() == word for text, word in zip(texts, CODE_WORDS.values()))
+
+
+GREEDY = llmkit.SamplingParams(temperature=0, max_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def code_word_adapter(tmp_path_factory):
+    """LoRA SFT (r=8, the vLLM test engine's max_lora_rank) on the synthetic task: 32 records, all trained on."""
+    folder = tmp_path_factory.mktemp("codewords")
+    job = {"model": MODEL, "data": str(_synthetic(folder / "data.json")), "output_dir": str(folder / "run"),
+           "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_steps": 24, "batch_size": 8,
+           "learning_rate": 3e-3, "max_seq_length": 128, "split": {"train": 1.0, "test": 0.0}, "checkpoint_steps": 100}
+    events = []
+    result = llmkit.tune("trl", job, on_progress=events.append)
+    return result, events
+
+
+def test_synthetic_task_is_learnt_and_served_by_transformers(code_word_adapter):
+    result, events = code_word_adapter
+    assert result.artifact == "adapter" and (result.path / "adapter_config.json").exists() and result.steps == 24
+    losses = [e.loss for e in events if e.loss is not None]
+    assert len(losses) == 24 and losses[-1] < losses[0] / 4, losses
+    assert all(e.total_steps == 24 for e in events) and [e.step for e in events if e.loss is not None] == list(range(1, 25))
+    with llmkit.load("transformers", MODEL) as base:
+        before = [c.text for c in base.generate(_questions(), GREEDY)]
+    with llmkit.load("transformers", str(result.path)) as tuned:
+        after = [c.text for c in tuned.generate(_questions(), GREEDY)]
+    assert _exact(before) == 0, before
+    assert _exact(after) >= 6, after  # most of 8 (measured: 8 of 8)
+    assert json.loads((result.output_dir / "result.json").read_text())["steps"] == 24
+
+
+@pytest.mark.engine("vllm")
+def test_adapter_per_request_on_vllm_equals_transformers(code_word_adapter, vllm_lora_engine):
+    result, _ = code_word_adapter
+    with llmkit.load("transformers", str(result.path)) as tuned:
+        expected = [c.text for c in tuned.generate(_questions(), GREEDY)]
+    requests = [llmkit.Request(prompt=q, lora=str(result.path)) for q in _questions()]
+    served = [c.text for c in vllm_lora_engine.generate(requests, GREEDY)]
+    assert served == expected
+
+
+@pytest.mark.engine("llamacpp")
+def test_merged_and_gguf_exports_serve_the_same_outputs(code_word_adapter, tmp_path):
+    result, _ = code_word_adapter
+    from llmkit.tuner import export
+
+    with llmkit.load("transformers", str(result.path)) as tuned:
+        expected = [c.text for c in tuned.generate(_questions(), GREEDY)]
+    merged = export(result.path, "merged", tmp_path / "merged")
+    with llmkit.load("transformers", str(merged)) as engine:
+        assert [c.text for c in engine.generate(_questions(), GREEDY)] == expected
+    gguf = export(result.path, "gguf", tmp_path / "tuned.gguf")
+    with llmkit.load("llamacpp", str(gguf)) as engine:
+        served = [c.text for c in engine.generate(_questions(), GREEDY)]
+    assert _exact(served) == _exact(expected) and served == expected
+
+
+@needs_shared
+def test_lora_sft_on_chapter7_lowers_held_out_loss(tmp_path):
+    data = tmp_path / "ch7.json"
+    data.write_text(json.dumps(json.loads((SHARED / "instruction-data.json").read_text())[:240]))
+    result = llmkit.tune("trl", {"model": MODEL, "data": str(data), "output_dir": str(tmp_path / "run"), "method": "lora",
+                                 "max_steps": 12, "batch_size": 8, "learning_rate": 1e-3, "max_seq_length": 256})
+    # ch. 7's split of 240 records: 204 train, 24 test, 12 validation (the held-out loss)
+    assert [len((tmp_path / "run" / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "test", "validation")] == [204, 24, 12]
+    assert result.eval_loss_after < result.eval_loss_before - 0.05, (result.eval_loss_before, result.eval_loss_after)
+    assert result.train_tokens and result.tokens_per_second and result.peak_memory_bytes
+
+
+@needs_shared
+def test_dpo_moves_its_margin(tmp_path):
+    data = tmp_path / "pref.json"
+    data.write_text(json.dumps(json.loads((SHARED / "instruction-data-with-preference.json").read_text())[:80]))
+    events = []
+    result = llmkit.tune("trl", {"model": MODEL, "data": str(data), "output_dir": str(tmp_path / "run"), "method": "dpo",
+                                 "lora": {"r": 8, "alpha": 16}, "max_steps": 8, "batch_size": 4, "learning_rate": 1e-3,
+                                 "max_seq_length": 256, "dpo": {"beta": 0.1}}, on_progress=events.append)
+    margins = [e.metrics["rewards/margins"] for e in events if "rewards/margins" in e.metrics]
+    assert len(margins) == 8 and margins[0] == pytest.approx(0.0, abs=1e-6)  # policy = reference before the first update
+    assert sum(margins[-3:]) / 3 > 0.1, margins
+    # DPO's loss starts at ln 2 (no preference); on held-out pairs it must fall below
+    assert result.eval_loss_before == pytest.approx(0.6931, abs=1e-3)
+    assert result.eval_loss_after < 0.69, result.eval_loss_after
+
+
+def short_answers(completions, **_):
+    """GRPO reward of the test: shorter completions score higher."""
+    return [-len(c if isinstance(c, str) else c[0]["content"]) / 100 for c in completions]
+
+
+def test_grpo_raises_its_reward(tmp_path):
+    data = _synthetic(tmp_path / "data.json")
+    events = []
+    llmkit.tune("trl", {"model": MODEL, "data": str(data), "output_dir": str(tmp_path / "run"), "method": "grpo",
+                        "lora": {"r": 8, "alpha": 16}, "max_steps": 8, "batch_size": 8, "learning_rate": 5e-3,
+                        "max_seq_length": 128, "split": {"train": 1.0, "test": 0.0},
+                        "grpo": {"rewards": [f"{__name__}:short_answers"], "num_generations": 4, "max_completion_length": 24}},
+                on_progress=events.append)
+    rewards = [e.metrics["reward"] for e in events if "reward" in e.metrics]
+    assert len(rewards) == 8
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.02, rewards
+
+
+def _tune_cli(job: Path) -> subprocess.Popen:
+    llmkit_cli = Path(sys.executable).parent / "llmkit"
+    return subprocess.Popen([str(llmkit_cli), "tune", str(job), "-b", "trl", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    job = tmp_path / "job.yaml"
+    out = tmp_path / "run"
+    job.write_text(f"model: {MODEL}\ndata: {_synthetic(tmp_path / 'data.json')}\noutput_dir: {out}\nmethod: lora\n"
+                   "max_steps: 8\nbatch_size: 4\nlearning_rate: 1.0e-3\nmax_seq_length: 128\ncheckpoint_steps: 3\n"
+                   "split: {train: 1.0, test: 0.0}\n")
+    first = _tune_cli(job)
+    deadline = time.monotonic() + 400
+    while not (out / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists():
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "result.json").exists()
+
+    second = _tune_cli(job)
+    stdout, stderr = second.communicate(timeout=400)
+    assert second.returncode == 0, stderr
+    result = json.loads(stdout)
+    assert result["resumed_from_step"] in (3, 6) and result["steps"] == 8
+
+    # a finished run is never overwritten; another job is refused in the folder of this one
+    again = _tune_cli(job)
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already holds a finished run" in stderr
