@@ -58,4 +58,14 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     || echo "setup: could not install chromium; the HTML report's browser test will be skipped" >&2
 fi
 
+# --- llmkit-torchtune: torchtune's own environment (begin) -----------------------------------------------
+# torchtune 0.6.1 imports only beside torchao==0.15.0 (this venv has a newer torchao), so it gets a venv of its
+# own under $LLMKIT_CACHE/envs/torchtune-0.6.1 (default ~/.cache/llmkit), reused once made: torch==2.13.0 (CPU)
+# first, then torchtune==0.6.1 torchao==0.15.0. Measured 2026-11-27 on 2 busy cores: 120-230 s.
+# LLMKIT_SKIP_TORCHTUNE_ENV=1 skips it (the tuner then creates it on first use; its real-run test skips).
+if [ -z "${LLMKIT_SKIP_TORCHTUNE_ENV:-}" ]; then
+  "$VENV/bin/python" -m llmkit_torchtune.env
+fi
+# --- llmkit-torchtune (end) --------------------------------------------------------------------------------
+
 echo "$want" > "$stamp"
