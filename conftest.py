@@ -69,3 +69,13 @@ def vllm_lora_engine():
     with llmkit.load("vllm", llmkit.DEFAULT_MODEL, enforce_eager=True, max_model_len=1024, enable_lora=True, max_lora_rank=8,
                      dtype=dtype, memory_fraction=0.2 if torch.cuda.is_available() else None) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def trl_under_test(tmp_path_factory):
+    """The TRL tuner under the tuner conformance checks; its learning run (LoRA on the code-word task) is
+    made once and shared by the checks, their negative controls and the TRL plugin's hand-off tests."""
+    pytest.importorskip("trl")
+    from llmkit_conformance.tuning import TunerUnderTest
+
+    return TunerUnderTest("trl", llmkit.DEFAULT_MODEL, tmp_path_factory.mktemp("tuner-checks"))

@@ -118,8 +118,11 @@ class TuneJob(LLMKitModel):
         return self
 
     def fingerprint(self) -> dict[str, Any]:
-        """What decides a run's weights: everything but where it is written and how often it is saved."""
-        return self.model_dump(mode="json", exclude={"output_dir", "checkpoint_steps", "eval_steps"})
+        """What decides a run's weights: everything but where it is written and how often it is saved, with
+        the data file's content (the same path with other records is another job)."""
+        from llmkit.kit.files import digest
+
+        return {**self.model_dump(mode="json", exclude={"output_dir", "checkpoint_steps", "eval_steps"}), "data_sha256": digest(self.data)}
 
 
 class TuneProgress(LLMKitModel):
@@ -196,7 +199,7 @@ class Tuner(ABC):
         if job.artifact not in self.artifacts:
             raise UnsupportedFeatureError(self.backend, f"artifact={job.artifact}", f"supported: {sorted(self.artifacts)}")
         self.check(job)
-        run = prepare_run(job)
+        run = prepare_run(job, self.backend)
         history: list[TuneProgress] = []
         start = time.perf_counter()
 
@@ -221,8 +224,9 @@ class Tuner(ABC):
     def _finetune(self, run: TuneRun, emit: Callable[[TuneProgress], None]) -> TuneResult: ...
 
 
-def prepare_run(job: TuneJob) -> TuneRun:
-    """Validate the data, claim the output folder, find a checkpoint to resume from."""
+def prepare_run(job: TuneJob, backend: str) -> TuneRun:
+    """Validate the data, claim the output folder, find a checkpoint to resume from (only checkpoints of the
+    same job on the same backend)."""
     fmt, examples = load_examples(job.data, job.data_format)
     if fmt not in METHOD_FORMATS[job.method]:
         raise InvalidRequestError(f"method {job.method} trains on {' or '.join(METHOD_FORMATS[job.method])} records; "
@@ -232,14 +236,15 @@ def prepare_run(job: TuneJob) -> TuneRun:
     if (out / "result.json").exists():
         raise TuneError(f"{out} already holds a finished run (result.json); nothing was overwritten: choose another output_dir")
     saved = out / "job.json"
+    fingerprint = {"backend": backend, **job.fingerprint()}
     if saved.exists():
-        if json.loads(saved.read_text()) != job.fingerprint():
-            raise TuneError(f"{out} holds checkpoints of a different job (job.json differs); nothing was overwritten: "
+        if json.loads(saved.read_text()) != fingerprint:
+            raise TuneError(f"{out} holds checkpoints of a different job or backend (job.json differs); nothing was overwritten: "
                             "choose another output_dir, or run the same job to resume it")
     elif out.exists() and any(out.iterdir()):
         raise TuneError(f"{out} is not empty and holds no llmkit run; nothing was overwritten: choose another output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(job.fingerprint(), indent=2))
+    saved.write_text(json.dumps(fingerprint, indent=2))
     splits.write(out / "data")
     return TuneRun(job=job, format=fmt, splits=splits, resume_from=latest_checkpoint(out / "checkpoints"))
 

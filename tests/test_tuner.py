@@ -46,42 +46,44 @@ def test_job_validation(tmp_path, alpaca):
 
 def test_data_must_fit_the_method(tmp_path, alpaca, preference):
     with pytest.raises(llmkit.InvalidRequestError, match="dpo trains on preference records"):
-        prepare_run(TuneJob(model="m", data=alpaca, method="dpo", lora={"r": 4}, output_dir=tmp_path / "a"))
+        prepare_run(TuneJob(model="m", data=alpaca, method="dpo", lora={"r": 4}, output_dir=tmp_path / "a"), "x")
     with pytest.raises(llmkit.InvalidRequestError, match="file does not exist"):
-        prepare_run(TuneJob(model="m", data=tmp_path / "missing.json", output_dir=tmp_path / "b"))
-    run = prepare_run(TuneJob(model="m", data=preference, method="dpo", output_dir=tmp_path / "c"))
+        prepare_run(TuneJob(model="m", data=tmp_path / "missing.json", output_dir=tmp_path / "b"), "x")
+    run = prepare_run(TuneJob(model="m", data=preference, method="dpo", output_dir=tmp_path / "c"), "x")
     assert run.format == "preference" and len(run.splits.train) == 8
 
 
 @pytest.mark.skipif(not (SHARED / "instruction-data-with-preference.json").exists(), reason="shared datasets absent")
 def test_the_shared_chapter7_sets_prepare(tmp_path):
-    run = prepare_run(TuneJob(model="m", data=SHARED / "instruction-data.json", output_dir=tmp_path / "a"))
+    run = prepare_run(TuneJob(model="m", data=SHARED / "instruction-data.json", output_dir=tmp_path / "a"), "x")
     assert (len(run.splits.train), len(run.splits.test), len(run.splits.validation)) == (935, 110, 55)
     assert len((tmp_path / "a" / "data" / "train.jsonl").read_text().splitlines()) == 935
-    prepare_run(TuneJob(model="m", data=SHARED / "instruction-data-with-preference.json", method="dpo", output_dir=tmp_path / "b"))
+    prepare_run(TuneJob(model="m", data=SHARED / "instruction-data-with-preference.json", method="dpo", output_dir=tmp_path / "b"), "x")
 
 
 def test_output_folder_is_never_overwritten(tmp_path, alpaca):
     out = tmp_path / "out"
     job = TuneJob(model="m", data=alpaca, output_dir=out, max_steps=10)
-    run = prepare_run(job)
+    run = prepare_run(job, "x")
     assert run.resume_from is None and json.loads((out / "job.json").read_text())["max_steps"] == 10
     # an interrupted run of the same job: its newest complete checkpoint is resumed (checkpoint_steps may differ)
     for step, complete in ((2, True), (4, True), (6, False)):
         (out / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
         if complete:
             (out / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert prepare_run(job.model_copy(update={"checkpoint_steps": 7})).resume_from.name == "checkpoint-4"
+    assert prepare_run(job.model_copy(update={"checkpoint_steps": 7}), "x").resume_from.name == "checkpoint-4"
     with pytest.raises(llmkit.TuneError, match="checkpoints of a different job"):
-        prepare_run(job.model_copy(update={"learning_rate": 1e-3}))
+        prepare_run(job.model_copy(update={"learning_rate": 1e-3}), "x")
+    with pytest.raises(llmkit.TuneError, match="different job or backend"):
+        prepare_run(job, "another-backend")
     (out / "result.json").write_text("{}")
     with pytest.raises(llmkit.TuneError, match="already holds a finished run"):
-        prepare_run(job)
+        prepare_run(job, "x")
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(llmkit.TuneError, match="not empty and holds no llmkit run"):
-        prepare_run(job.model_copy(update={"output_dir": stranger}))
+        prepare_run(job.model_copy(update={"output_dir": stranger}), "x")
     assert (stranger / "notes.txt").read_text() == "mine"
     assert latest_checkpoint(tmp_path / "nowhere") is None
 
@@ -129,3 +131,11 @@ def test_rewards_resolve_by_name():
     assert token_f1(["the cat sat"], reference=["the cat"]) == [pytest.approx(0.8)]
     with pytest.raises(llmkit.InvalidRequestError, match="does not import"):
         resolve("no_such_module:f")
+
+
+def test_same_path_other_records_is_another_job(tmp_path, alpaca):
+    job = TuneJob(model="m", data=alpaca, output_dir=tmp_path / "out")
+    prepare_run(job, "x")
+    alpaca.write_text(json.dumps([{"instruction": "Other.", "input": "", "output": "x"}] * 20))
+    with pytest.raises(llmkit.TuneError, match="different job"):
+        prepare_run(job, "x")

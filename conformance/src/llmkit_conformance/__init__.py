@@ -1,5 +1,5 @@
 """llmkit's conformance suite: check any registered backend against the interface, measure it, and
-recommend one. Adds `llmkit conformance run | compare | matrix | parity` to the command line; the same
+recommend one. Adds `llmkit conformance run | tune | compare | matrix | parity` to the command line; the same
 checks run under pytest through `llmkit_conformance.pytest_plugin`."""
 
 from __future__ import annotations
@@ -52,6 +52,26 @@ def register_commands(app):
         console.print(f"reports: {json_path}, {md_path}, {html_path}")
         counts = summary(report)
         raise typer.Exit(1 if counts["failed"] or counts["error"] else 0)
+
+    @group.command("tune")
+    def tune_command(
+        backend: str = typer.Option(..., "--backend", "-b", help="Tuner backend (trl, axolotl, torchtune, ...)."),
+        model: str = typer.Option(llmkit.DEFAULT_MODEL, "--model", "-m"),
+        checks: Optional[str] = typer.Option(None, help="Comma-separated tuner checks (default: all)."),
+        out: Path = typer.Option(DEFAULT_REPORTS / "tuners", help="Folder for the JSON and Markdown reports."),
+    ) -> None:
+        """Run the tuner checks (loss falls, the artifact serves, resume, bad data named, refusals) on one tuner."""
+        from llmkit_conformance.tuning import TUNER_CHECKS, run, write
+
+        names = checks.split(",") if checks else list(TUNER_CHECKS)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{backend}", total=len(names))
+            report = run(backend, model, checks=names,
+                         on_progress=lambda name: progress.update(task, description=f"{backend}: {name}", advance=1))
+        json_path, md_path = write(report, out)
+        console.print(md_path.read_text())
+        console.print(f"reports: {json_path}, {md_path}")
+        raise typer.Exit(1 if any(c["status"] != "passed" for c in report["checks"]) else 0)
 
     @group.command("compare")
     def compare_command(

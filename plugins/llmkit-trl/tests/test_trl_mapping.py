@@ -84,3 +84,34 @@ def test_refusals_come_before_any_work(tmp_path, alpaca):
         llmkit.tune("trl", {"model": "m", "data": str(alpaca), "output_dir": str(out), "method": "grpo",
                             "grpo": {"rewards": ["no_such_reward"], "num_generations": 2}}, device="cpu")
     assert not out.exists()  # nothing was written
+
+
+@pytest.mark.parametrize("method, fields", [
+    ("lora", {}), ("sft", {}), ("dpo", {"lora": {"r": 4}}),
+    ("grpo", {"lora": {"r": 4}, "batch_size": 4, "grpo": {"rewards": ["exact_match"], "num_generations": 2}}),
+])
+def test_trl_accepts_every_argument(tmp_path, alpaca, method, fields):
+    """The arguments build TRL's own config classes (no unknown keyword, no value TRL rejects)."""
+    import trl
+
+    data = alpaca
+    if method == "dpo":
+        data = tmp_path / "pref.json"
+        data.write_text(json.dumps([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 4))
+    job = TuneJob(model="m", data=data, output_dir=tmp_path / "out", method=method, max_steps=3, eval_steps=1, **fields)
+    config_class = {"dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}.get(method, trl.SFTConfig)
+    config = config_class(**training_arguments(job, "cpu", "fp32"))
+    assert config.learning_rate == job.learning_rate and config.max_steps == 3 and config.gradient_checkpointing is False
+    assert config.bf16 is False and config.fp16 is False and config.per_device_train_batch_size == job.batch_size
+    if method != "grpo":
+        assert config.max_length == job.max_seq_length
+
+
+def test_grpo_prompts_must_leave_room_for_the_completion(tmp_path, alpaca):
+    from llmkit_trl.mapping import check_grpo_lengths
+
+    job = TuneJob(model="m", data=alpaca, output_dir=tmp_path, method="grpo", lora={"r": 4}, max_seq_length=64,
+                  grpo={"rewards": ["exact_match"], "num_generations": 2, "max_completion_length": 32})
+    examples = [Example(0, "short"), Example(7, "long")]
+    with pytest.raises(llmkit.InvalidRequestError, match="record 7's prompt has 40 tokens"):
+        check_grpo_lengths(examples, lambda e: 10 if e.prompt == "short" else 40, job)

@@ -1,6 +1,7 @@
-"""Real fine-tuning through TRL on the CPU with SmolLM2-135M-Instruct: the loss falls, a synthetic task is
-learnt, the artifact serves the same greedy outputs on every engine, DPO and GRPO move their own metrics,
-and a killed run resumes."""
+"""Real fine-tuning through TRL on the CPU with SmolLM2-135M-Instruct: the held-out loss falls on the ch. 7
+data, the artifact serves the same greedy outputs on every engine, DPO and GRPO move their own metrics, and a
+killed run resumes. (The tuner conformance checks, conformance/tests/test_tuning_checks.py, test that a
+synthetic task is learnt and served, resume after an interruption, and refusals.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import llmkit
-from llmkit.tasks import alpaca_prompt
+from llmkit_conformance.tuning import code_word_prompts, exact_answers
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.timeout(900)]
 pytest.importorskip("trl")
@@ -24,91 +25,57 @@ SHARED = Path(__file__).resolve().parents[4] / "shared" / "datasets"
 MODEL = "smollm2-135m-instruct"
 needs_shared = pytest.mark.skipif(not (SHARED / "instruction-data.json").exists(), reason="../shared/datasets absent")
 
-# A task the base model cannot know: a made-up code word for each colour.
-CODE_WORDS = {"red": "falcon", "blue": "pebble", "green": "lantern", "yellow": "harbor",
-              "purple": "meadow", "orange": "cobalt", "black": "thistle", "white": "saffron"}
-PHRASINGS = ["What is the code word for {}?", "Give the code word for {}.", "Code word for {}?", "Tell me the code word for {}."]
-
-
-def _synthetic(path: Path) -> Path:
-    records = [{"instruction": phrasing.format(colour), "input": "", "output": word}
-               for phrasing in PHRASINGS for colour, word in CODE_WORDS.items()]
-    path.write_text(json.dumps(records))
-    return path
-
-
-def _questions() -> list[str]:
-    return [alpaca_prompt({"instruction": PHRASINGS[0].format(colour), "input": ""}) for colour in CODE_WORDS]
-
-
-def _exact(texts: list[str]) -> int:
-    return sum(text.strip() == word for text, word in zip(texts, CODE_WORDS.values()))
-
-
 GREEDY = llmkit.SamplingParams(temperature=0, max_tokens=6)
 
 
+def _synthetic(path: Path) -> Path:
+    from llmkit_conformance.tuning import code_word_records
+
+    path.write_text(json.dumps(code_word_records()))
+    return path
+
+
 @pytest.fixture(scope="module")
-def code_word_adapter(tmp_path_factory):
-    """LoRA SFT (r=8, the vLLM test engine's max_lora_rank) on the synthetic task: 32 records, all trained on."""
-    folder = tmp_path_factory.mktemp("codewords")
-    job = {"model": MODEL, "data": str(_synthetic(folder / "data.json")), "output_dir": str(folder / "run"),
-           "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_steps": 24, "batch_size": 8,
-           "learning_rate": 3e-3, "max_seq_length": 128, "split": {"train": 1.0, "test": 0.0}, "checkpoint_steps": 100}
-    events = []
-    result = llmkit.tune("trl", job, on_progress=events.append)
-    return result, events
-
-
-def test_synthetic_task_is_learnt_and_served_by_transformers(code_word_adapter):
-    result, events = code_word_adapter
-    assert result.artifact == "adapter" and (result.path / "adapter_config.json").exists() and result.steps == 24
-    losses = [e.loss for e in events if e.loss is not None]
-    assert len(losses) == 24 and losses[-1] < losses[0] / 4, losses
-    assert all(e.total_steps == 24 for e in events) and [e.step for e in events if e.loss is not None] == list(range(1, 25))
-    with llmkit.load("transformers", MODEL) as base:
-        before = [c.text for c in base.generate(_questions(), GREEDY)]
-    with llmkit.load("transformers", str(result.path)) as tuned:
-        after = [c.text for c in tuned.generate(_questions(), GREEDY)]
-    assert _exact(before) == 0, before
-    assert _exact(after) >= 6, after  # most of 8 (measured: 8 of 8)
-    assert json.loads((result.output_dir / "result.json").read_text())["steps"] == 24
+def code_word_adapter(trl_under_test):
+    """The tuner checks' learning run (conftest.py): LoRA r=8 (the vLLM test engine's max_lora_rank) on the
+    code-word task; the checks loss_falls and artifact_serves test the run itself."""
+    return trl_under_test.learnt()[0]
 
 
 @pytest.mark.engine("vllm")
 def test_adapter_per_request_on_vllm_equals_transformers(code_word_adapter, vllm_lora_engine):
-    result, _ = code_word_adapter
+    result = code_word_adapter
     with llmkit.load("transformers", str(result.path)) as tuned:
-        expected = [c.text for c in tuned.generate(_questions(), GREEDY)]
-    requests = [llmkit.Request(prompt=q, lora=str(result.path)) for q in _questions()]
+        expected = [c.text for c in tuned.generate(code_word_prompts(), GREEDY)]
+    requests = [llmkit.Request(prompt=q, lora=str(result.path)) for q in code_word_prompts()]
     served = [c.text for c in vllm_lora_engine.generate(requests, GREEDY)]
     assert served == expected
 
 
 @pytest.mark.engine("llamacpp")
 def test_merged_and_gguf_exports_serve_the_same_outputs(code_word_adapter, tmp_path):
-    result, _ = code_word_adapter
+    result = code_word_adapter
     from llmkit.tuner import export
 
     with llmkit.load("transformers", str(result.path)) as tuned:
-        expected = [c.text for c in tuned.generate(_questions(), GREEDY)]
+        expected = [c.text for c in tuned.generate(code_word_prompts(), GREEDY)]
     merged = export(result.path, "merged", tmp_path / "merged")
     with llmkit.load("transformers", str(merged)) as engine:
-        assert [c.text for c in engine.generate(_questions(), GREEDY)] == expected
+        assert [c.text for c in engine.generate(code_word_prompts(), GREEDY)] == expected
     gguf = export(result.path, "gguf", tmp_path / "tuned.gguf")
     with llmkit.load("llamacpp", str(gguf)) as engine:
-        served = [c.text for c in engine.generate(_questions(), GREEDY)]
-    assert _exact(served) == _exact(expected) and served == expected
+        served = [c.text for c in engine.generate(code_word_prompts(), GREEDY)]
+    assert exact_answers(expected) >= 6 and served == expected
 
 
 @needs_shared
 def test_lora_sft_on_chapter7_lowers_held_out_loss(tmp_path):
     data = tmp_path / "ch7.json"
-    data.write_text(json.dumps(json.loads((SHARED / "instruction-data.json").read_text())[:240]))
+    data.write_text(json.dumps(json.loads((SHARED / "instruction-data.json").read_text())[:160]))
     result = llmkit.tune("trl", {"model": MODEL, "data": str(data), "output_dir": str(tmp_path / "run"), "method": "lora",
-                                 "max_steps": 12, "batch_size": 8, "learning_rate": 1e-3, "max_seq_length": 256})
-    # ch. 7's split of 240 records: 204 train, 24 test, 12 validation (the held-out loss)
-    assert [len((tmp_path / "run" / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "test", "validation")] == [204, 24, 12]
+                                 "max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "max_seq_length": 256})
+    # ch. 7's split of 160 records: 136 train, 16 test, 8 validation (the held-out loss)
+    assert [len((tmp_path / "run" / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "test", "validation")] == [136, 16, 8]
     assert result.eval_loss_after < result.eval_loss_before - 0.05, (result.eval_loss_before, result.eval_loss_after)
     assert result.train_tokens and result.tokens_per_second and result.peak_memory_bytes
 

@@ -33,7 +33,8 @@ TRAINING = Mapping(TuneJob, [
     Param("warmup_ratio", "warmup_steps", note="transformers 5: a value below 1 is a ratio of the total steps"),
     Param("weight_decay", "weight_decay"),
     Param("max_grad_norm", "max_grad_norm"),
-    Param("max_seq_length", "max_length"),
+    Param("max_seq_length", "max_length", note="SFT, DPO; GRPO has no such field: llmkit checks that every prompt "
+                                                "plus grpo.max_completion_length fits (check_grpo_lengths)"),
     Param("precision", None, note="bf16 / fp16 flags and the weights' dtype, per device (precision_arguments)"),
     Param("gradient_checkpointing", "gradient_checkpointing"),
     Param("seed", "seed"),
@@ -86,6 +87,8 @@ def training_arguments(job: TuneJob, device: str, precision: str) -> dict[str, A
     if job.eval_steps is None:
         del args["eval_steps"]
     args["data_seed"] = job.seed
+    if job.method == "grpo":
+        del args["max_length"]
     return {**args, **precision_arguments(precision, device), **method_arguments(job)}
 
 
@@ -102,6 +105,17 @@ def check_grpo_batch(job: TuneJob) -> None:
     if job.method == "grpo" and batch % job.grpo.num_generations:
         raise InvalidRequestError(f"grpo: batch_size × gradient_accumulation_steps ({batch}) must be a multiple of "
                                   f"grpo.num_generations ({job.grpo.num_generations})", parameter="batch_size", value=job.batch_size)
+
+
+def check_grpo_lengths(examples, count_tokens, job: TuneJob) -> None:
+    """GRPO generates `max_completion_length` tokens after each prompt: the two must fit `max_seq_length`."""
+    room = job.max_seq_length - job.grpo.max_completion_length
+    for example in examples:
+        n = count_tokens(example)
+        if n > room:
+            raise InvalidRequestError(f"grpo: record {example.index}'s prompt has {n} tokens; with max_completion_length "
+                                      f"{job.grpo.max_completion_length} it does not fit max_seq_length {job.max_seq_length}",
+                                      parameter="max_seq_length", value=job.max_seq_length)
 
 
 def dataset_rows(examples, method: str) -> list[dict[str, Any]]:

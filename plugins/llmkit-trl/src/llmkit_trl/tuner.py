@@ -20,7 +20,7 @@ from typing import Any
 from llmkit.catalog import hf_folder
 from llmkit.errors import UnsupportedFeatureError
 from llmkit.tuner import TuneJob, TuneProgress, TuneResult, TuneRun, Tuner
-from llmkit_trl.mapping import BACKEND, check_grpo_batch, dataset_rows, peft_arguments, resolve_precision, training_arguments
+from llmkit_trl.mapping import BACKEND, check_grpo_batch, check_grpo_lengths, dataset_rows, peft_arguments, resolve_precision, training_arguments
 
 
 def _device(requested: str) -> str:
@@ -81,6 +81,13 @@ class TRLTuner(Tuner):
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(base, **self._model_kwargs(job, precision))
         args = training_arguments(job, device, precision)
+        if job.method == "grpo":
+            def count_tokens(example) -> int:
+                if example.conversational:
+                    return len(tokenizer.apply_chat_template(list(example.prompt), add_generation_prompt=True, tokenize=True, return_dict=False))
+                return len(tokenizer(example.prompt)["input_ids"])
+
+            check_grpo_lengths(run.splits.train + run.splits.validation, count_tokens, job)
         train = Dataset.from_list(dataset_rows(run.splits.train, job.method))
         evaluate = job.method != "grpo" and len(run.splits.validation) > 0  # GRPO's evaluation generates: no loss
         validation = Dataset.from_list(dataset_rows(run.splits.validation, job.method)) if evaluate else None

@@ -1,0 +1,243 @@
+"""Conformance checks for tuner backends, through the public API only (`llmkit.tune`, `llmkit.load`).
+
+A small task the base model cannot know — a made-up code word for each of eight colours, four phrasings
+each — is learnt with a LoRA adapter (r=8, 24 steps); the transformers engine then serves the artifact.
+
+    loss_falls         the training loss of the last step is under half the first; progress events come
+                       for every step, in order, with the total
+    artifact_serves    the artifact loads on the transformers engine and answers ≥ 6 of 8 code words
+                       exactly (greedy); the base model answers none
+    resume             a run interrupted after its step-3 checkpoint, started again, resumes there and ends
+                       at the requested step
+    bad_data_named     a record with a bad field is refused naming its position and the field, and
+                       nothing is written
+    undeclared_refused each method the backend does not declare is refused (UnsupportedFeatureError naming
+                       the backend and the method) before anything is written
+
+Negative controls (conformance/tests/test_tuning_checks.py), each a real bug: the learning rate dropped
+from the configuration (TRL's default 2e-5 then applies), the artifact written from an early checkpoint,
+resume ignored (the run starts over), a tuner that trains without validating its data.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import llmkit
+from llmkit.tasks import alpaca_prompt
+from llmkit.tuner import METHOD_FORMATS, Tuner, get_tuner
+from llmkit_conformance.checks import CheckFailed, CheckResult, require
+
+CODE_WORDS = {"red": "falcon", "blue": "pebble", "green": "lantern", "yellow": "harbor",
+              "purple": "meadow", "orange": "cobalt", "black": "thistle", "white": "saffron"}
+PHRASINGS = ["What is the code word for {}?", "Give the code word for {}.", "Code word for {}?", "Tell me the code word for {}."]
+STEPS = 24
+GREEDY = llmkit.SamplingParams(temperature=0, max_tokens=6)
+
+
+def code_word_records() -> list[dict[str, str]]:
+    return [{"instruction": p.format(colour), "input": "", "output": word} for p in PHRASINGS for colour, word in CODE_WORDS.items()]
+
+
+def code_word_prompts() -> list[str]:
+    return [alpaca_prompt({"instruction": PHRASINGS[0].format(colour), "input": ""}) for colour in CODE_WORDS]
+
+
+def exact_answers(texts: list[str]) -> int:
+    return sum(text.strip() == word for text, word in zip(texts, CODE_WORDS.values()))
+
+
+class TunerUnderTest:
+    """A backend, the base model, and a scratch folder; the learning run is shared by two checks."""
+
+    def __init__(self, backend: str, model: str, workdir: Path, tuner: Tuner | None = None, **tuner_options: Any) -> None:
+        self.backend, self.model, self.workdir = backend, model, workdir
+        self.tuner = tuner or get_tuner(backend, **tuner_options)
+        self._learnt: tuple[llmkit.TuneResult, list[llmkit.TuneProgress]] | None = None
+        self.data = workdir / "code-words.json"
+        self.data.write_text(json.dumps(code_word_records()))
+
+    def job(self, name: str, **fields: Any) -> dict[str, Any]:
+        return {"model": self.model, "data": str(self.data), "output_dir": str(self.workdir / name), "method": "lora",
+                "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_steps": STEPS, "batch_size": 8, "learning_rate": 3e-3,
+                "max_seq_length": 128, "split": {"train": 1.0, "test": 0.0}, "checkpoint_steps": 100, "seed": 0, **fields}
+
+    def learnt(self) -> tuple[llmkit.TuneResult, list[llmkit.TuneProgress]]:
+        if self._learnt is None:
+            events: list[llmkit.TuneProgress] = []
+            result = self.tuner.finetune(self.job("learn"), events.append)
+            self._learnt = (result, events)
+        return self._learnt
+
+
+TUNER_CHECKS: dict[str, Callable[[TunerUnderTest], dict | None]] = {}
+
+
+def tuner_check(fn: Callable[[TunerUnderTest], dict | None]) -> Callable[[TunerUnderTest], dict | None]:
+    TUNER_CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+@tuner_check
+def check_loss_falls(t: TunerUnderTest) -> dict:
+    result, events = t.learnt()
+    steps = [e for e in events if e.loss is not None]
+    require(len(steps) >= STEPS // 2, f"{len(steps)} progress events with a loss for {STEPS} steps", events=len(steps))
+    numbers = [e.step for e in steps]
+    require(numbers == sorted(numbers) and numbers[-1] == STEPS, f"steps reported out of order or short of {STEPS}: {numbers}")
+    require(all(e.total_steps == STEPS for e in steps), "progress events without the total number of steps")
+    first, last = steps[0].loss, steps[-1].loss
+    require(last < first / 2, f"training loss {first:.3f} → {last:.3f}: not under half", first=first, last=last)
+    require(result.steps == STEPS, f"result says {result.steps} steps, asked for {STEPS}")
+    return {"first_loss": first, "last_loss": last, "seconds": result.seconds, "tokens_per_second": result.tokens_per_second}
+
+
+@tuner_check
+def check_artifact_serves(t: TunerUnderTest) -> dict:
+    result, _ = t.learnt()
+    require(result.artifact == "adapter" and (Path(result.path) / "adapter_config.json").exists(),
+            f"no PEFT adapter at {result.path}")
+    with llmkit.load("transformers", t.model) as base:
+        before = exact_answers([c.text for c in base.generate(code_word_prompts(), GREEDY)])
+    with llmkit.load("transformers", str(result.path)) as tuned:
+        answers = [c.text for c in tuned.generate(code_word_prompts(), GREEDY)]
+    after = exact_answers(answers)
+    require(before == 0, f"the base model already answers {before} of 8: the task does not test the artifact")
+    require(after >= 6, f"the served artifact answers {after} of 8 code words", answers=answers)
+    return {"base_exact": before, "tuned_exact": after, "answers": answers}
+
+
+class _Interrupt(Exception):
+    """Raised from the progress callback: the run stops as if killed after a checkpoint."""
+
+
+@tuner_check
+def check_resume(t: TunerUnderTest) -> dict:
+    job = t.job("resume", max_steps=6, checkpoint_steps=3)
+
+    def stop_after_checkpoint(event: llmkit.TuneProgress) -> None:
+        if event.step >= 4:
+            raise _Interrupt()
+
+    try:
+        t.tuner.finetune(job, stop_after_checkpoint)
+        raise CheckFailed("the progress callback's exception did not stop the run")
+    except llmkit.TuneError as exc:
+        require(isinstance(exc.__cause__, _Interrupt), f"the interrupted run failed otherwise: {exc}")
+    except _Interrupt:
+        pass
+    require(not (Path(job["output_dir"]) / "result.json").exists(), "an interrupted run wrote result.json")
+    events: list[llmkit.TuneProgress] = []
+    result = t.tuner.finetune(job, events.append)
+    first_step = min((e.step for e in events if e.loss is not None), default=None)
+    require(result.resumed_from_step == 3, f"resumed from step {result.resumed_from_step}, the checkpoint was at 3")
+    require(first_step == 4, f"the resumed run's first step was {first_step}, not 4")
+    require(result.steps == 6, f"the resumed run ended at step {result.steps}, not 6")
+    return {"resumed_from_step": result.resumed_from_step, "steps": result.steps}
+
+
+@tuner_check
+def check_bad_data_named(t: TunerUnderTest) -> dict:
+    records = code_word_records()
+    records[5]["output"] = 5  # a number where text belongs
+    bad = t.workdir / "bad.json"
+    bad.write_text(json.dumps(records))
+    out = t.workdir / "bad-run"
+    try:
+        t.tuner.finetune({**t.job("bad-run"), "data": str(bad)})
+        raise CheckFailed("a record with a number for its output was accepted")
+    except CheckFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure is the finding
+        require(isinstance(exc, llmkit.InvalidRequestError), f"refused with {type(exc).__name__} instead of a data error: {exc}")
+        require("record 5" in str(exc) and "output" in str(exc), f"the error does not name record 5 and its field: {exc}")
+        message = str(exc)
+    require(not out.exists(), f"{out} was written for a job refused for its data")
+    return {"error": message}
+
+
+@tuner_check
+def check_undeclared_refused(t: TunerUnderTest) -> dict:
+    undeclared = sorted(set(METHOD_FORMATS) - set(t.tuner.methods))
+    for method in undeclared:
+        out = t.workdir / f"undeclared-{method}"
+        data = t.data
+        if method == "dpo":
+            data = t.workdir / "pref.json"
+            data.write_text(json.dumps([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 8))
+        fields = {"grpo": {"rewards": ["exact_match"], "num_generations": 2}} if method == "grpo" else {}
+        lora = {} if method in ("lora", "qlora") else {"lora": {"r": 8}}
+        try:
+            t.tuner.finetune({**t.job(out.name), **lora, "method": method, "data": str(data), **fields})
+            raise CheckFailed(f"method {method} is not declared, yet the job ran")
+        except llmkit.UnsupportedFeatureError as exc:
+            require(exc.backend == t.backend and exc.feature == f"method={method}",
+                    f"the refusal of {method} names {exc.backend!r} / {exc.feature!r}")
+        require(not out.exists(), f"{out} was written before the refusal")
+    return {"declared": sorted(t.tuner.methods), "refused": undeclared}
+
+
+def run_tuner_check(name: str, t: TunerUnderTest) -> CheckResult:
+    start = time.perf_counter()
+    try:
+        result = CheckResult(name, "passed", data=TUNER_CHECKS[name](t) or {})
+    except CheckFailed as exc:
+        result = CheckResult(name, "failed", str(exc), data=exc.data)
+    except Exception as exc:  # noqa: BLE001 - a crashing check is reported, not raised
+        result = CheckResult(name, "error", f"{type(exc).__name__}: {exc}", data={"traceback": traceback.format_exc(limit=4)})
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run(backend: str, model: str = "smollm2-135m-instruct", *, checks: list[str] | None = None, tuner: Tuner | None = None,
+        on_progress: Callable[[str], None] | None = None, **tuner_options: Any) -> dict[str, Any]:
+    """Run the tuner checks; the report has the engine reports' shape (`kind: tuner`)."""
+    from llmkit_conformance.runner import environment
+
+    names = checks or list(TUNER_CHECKS)
+    with tempfile.TemporaryDirectory(prefix="llmkit-tuner-checks-") as folder:
+        t = TunerUnderTest(backend, model, Path(folder), tuner=tuner, **tuner_options)
+        results = []
+        for name in names:
+            if on_progress:
+                on_progress(name)
+            results.append(asdict(run_tuner_check(name, t)))
+    env = environment(backend)
+    try:
+        from importlib.metadata import version
+
+        from llmkit.plugins import tuners
+
+        spec = tuners()[backend]
+        env["library"], env["library_version"] = spec.distributions[0], version(spec.distributions[0])
+    except Exception:  # noqa: BLE001 - a report without the version is still a report
+        pass
+    return {"report_version": 1, "kind": "tuner", "backend": backend, "model": model, "options": tuner_options,
+            "environment": env, "checks": results}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# Tuner conformance: {report['backend']} on {report['model']}", "",
+             f"{env.get('library')} {env.get('library_version')} · Python {env['python']} · {env['machine']} · {env['device']} · {env['date']}", "",
+             "| check | status | seconds | detail |", "| --- | --- | --- | --- |"]
+    for c in report["checks"]:
+        detail = c["detail"] or ", ".join(f"{k}={v}" for k, v in c["data"].items() if k not in ("answers", "traceback", "error"))
+        lines.append(f"| {c['name']} | {c['status']} | {c['seconds']:.1f} | {detail.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    device = "gpu" if report["environment"]["device"] != "cpu" else "cpu"
+    stem = f"tuner-{report['backend']}-{Path(report['model']).name}-{device}"
+    json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
