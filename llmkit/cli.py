@@ -79,7 +79,10 @@ def _run(fn) -> None:
     try:
         fn()
     except LLMKitError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        from rich.markup import escape
+
+        # soft_wrap: a message holds paths a user copies; escape: "messages[0]" is text, not markup
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -8,7 +8,7 @@ shares, so an adapter writes only the training:
 2. reads and validates the data (`llmkit.data`), splits it, writes the splits into the run's folder;
 3. claims the output folder: a finished run there is never overwritten; checkpoints of the same job are
    resumed; checkpoints of another job are refused;
-4. calls `_finetune(job, run, emit)`; the adapter reports `TuneProgress` through `emit` and returns a
+4. calls `_finetune(run, emit)`; the adapter reports `TuneProgress` through `emit` and returns a
    `TuneResult`; the result is written next to the artifact (`result.json`).
 
 Folder layout (`job.output_dir`): `job.json`, `data/{train,validation,test}.jsonl`, `checkpoints/`,

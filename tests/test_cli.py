@@ -41,3 +41,16 @@ def test_unknown_backend_message():
 def test_chat_one_shot(tiny_model_dir):
     result = runner.invoke(app, ["chat", "hello", "-m", tiny_model_dir, "-t", "0", "-n", "4"])
     assert result.exit_code == 0, result.output
+
+
+def test_errors_print_whole_and_literal(tmp_path):
+    """An error message is printed on one line per line it has (paths are copied from it) and brackets in it
+    are text, not console markup."""
+    job = tmp_path / "a-rather-long-folder-name-so-that-the-message-is-wider-than-eighty-columns" / "job.yaml"
+    job.parent.mkdir()
+    data = job.parent / "data.json"
+    data.write_text('[{"messages": [{"role": "robot", "content": "hi"}]}]')
+    job.write_text(f"model: m\ndata: {data}\noutput_dir: {tmp_path / 'out'}\n")
+    result = runner.invoke(app, ["tune", str(job)])
+    assert result.exit_code == 2
+    assert f"{data}, record 0, field 'messages[0]': role must be one of" in result.output
