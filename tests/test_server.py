@@ -30,20 +30,6 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
-def engine():
-    # One llama.cpp thread: on 2 cores shared with other work it is several times faster than two.
-    with llmkit.load("llamacpp", MODEL, n_threads=1, n_batch=1) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = start_in_thread(engine, ServerSettings(port=0))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 

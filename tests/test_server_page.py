@@ -82,13 +82,6 @@ class Browser:
         self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    pytest.importorskip("llama_cpp")
-    with llmkit.load("llamacpp", MODEL, n_threads=1, n_batch=1) as engine:
-        yield engine
-
-
 @needs_chromium
 @pytest.mark.smollm2
 @pytest.mark.timeout(180)

@@ -33,19 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.smollm2
 
 
-@pytest.fixture(scope="module")
-def engine():
-    with llmkit.load("llamacpp", MODEL, n_threads=1, n_batch=1) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = start_in_thread(engine, ServerSettings(port=0))
-    yield running
-    running.stop()
-
-
 def wait_until(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

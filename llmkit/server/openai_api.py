@@ -18,6 +18,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
@@ -291,6 +292,20 @@ class _UsageTally:
         return _usage(sum(self.prompt.values()), completion, sum(self.cached.values()) if self.cached else None)
 
 
+async def _tallied(served: Served, slot: Slot, sources, tally: _UsageTally) -> AsyncIterator[tuple[int, StreamChunk]]:
+    """(choice index, chunk) from the engine's streams, after what every OpenAI stream does with a chunk: the
+    request counts as running from its first token, an engine error ends the stream (500), token texts are
+    learnt for logprobs, usage is tallied. Closing it closes the streams (their requests are cancelled)."""
+    async with contextlib.aclosing(merged(sources)) as chunks:
+        async for index, chunk in chunks:
+            if chunk.token_ids or chunk.text:
+                slot.started()
+            _finish_error(chunk.finish_reason)
+            served.token_text.learn(chunk.logprobs)
+            tally.add(index, chunk)
+            yield index, chunk
+
+
 # ---- the endpoints -------------------------------------------------------------------------------
 
 
@@ -433,13 +448,8 @@ def _completion_events(served: Served, slot: Slot, sources, rid: str, created: i
         return sse(payload)
 
     async def body():
-        async with contextlib.aclosing(merged(sources)) as chunks:
+        async with contextlib.aclosing(_tallied(served, slot, sources, tally)) as chunks:
             async for index, chunk in chunks:
-                if chunk.token_ids or chunk.text:
-                    slot.started()
-                _finish_error(chunk.finish_reason)
-                served.token_text.learn(chunk.logprobs)
-                tally.add(index, chunk)
                 p = index // n
                 text, entries = chunk.text, list(chunk.logprobs or [])
                 extra: dict[str, Any] = {}
@@ -571,13 +581,8 @@ def _chat_events(served: Served, slot: Slot, sources, rid: str, created: int, n:
         first = {"prompt_token_ids": ids} if with_ids else {}
         yield frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                      for i in range(n)], **first)
-        async with contextlib.aclosing(merged(sources)) as chunks:
+        async with contextlib.aclosing(_tallied(served, slot, sources, tally)) as chunks:
             async for index, chunk in chunks:
-                if chunk.token_ids or chunk.text:
-                    slot.started()
-                _finish_error(chunk.finish_reason)
-                served.token_text.learn(chunk.logprobs)
-                tally.add(index, chunk)
                 if not chunk.text and not chunk.logprobs and chunk.finish_reason is None:
                     continue
                 choice = {"index": index, "delta": {"content": chunk.text} if chunk.text or chunk.finish_reason is None else {},
