@@ -181,12 +181,15 @@ class TuneRun:
 
 
 class Tuner(ABC):
-    """A fine-tuning backend. Subclasses declare `backend`, `methods` and `artifacts`, may refuse set-ups in
-    `check` (e.g. qlora without a GPU), and write `_finetune`."""
+    """A fine-tuning backend. Subclasses declare `backend`, `methods`, `artifacts` and `checkpoint_at`, may
+    refuse set-ups in `check` (e.g. qlora without a GPU), and write `_finetune`."""
 
     backend: ClassVar[str]
     methods: ClassVar[frozenset[str]] = frozenset({"lora"})
     artifacts: ClassVar[frozenset[str]] = frozenset({"adapter", "merged"})
+    # Where a resumable checkpoint can fall: "steps" — every `checkpoint_steps`, mid-epoch too; "epoch_end" —
+    # only at the end of an epoch (a `checkpoint_steps` shorter than an epoch is refused).
+    checkpoint_at: ClassVar[Literal["steps", "epoch_end"]] = "steps"
 
     def check(self, job: TuneJob) -> None:
         """Refuse what this backend cannot run on this machine, with `UnsupportedFeatureError`."""

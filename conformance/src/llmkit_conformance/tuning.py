@@ -8,11 +8,16 @@ each — is learnt with a LoRA adapter (r=8, 24 steps); the transformers engine 
     artifact_serves    the artifact loads on the transformers engine and answers ≥ 6 of 8 code words
                        exactly (greedy); the base model answers none
     resume             a run interrupted after its step-3 checkpoint, started again, resumes there and ends
-                       at the requested step
+                       at the requested step; the checkpoint falls mid-epoch, or — for a backend declaring
+                       `checkpoint_at = "epoch_end"` — at an epoch's end, after a mid-epoch checkpoint was
+                       refused naming checkpoint_steps
     bad_data_named     a record with a bad field is refused naming its position and the field, and
                        nothing is written
     undeclared_refused each method the backend does not declare is refused (UnsupportedFeatureError naming
                        the backend and the method) before anything is written
+
+A check is `unsupported` only when the backend refused, naming itself and the feature, what it does not
+declare (`CheckUnsupported`); an UnsupportedFeatureError escaping a check otherwise fails it.
 
 Negative controls (conformance/tests/test_tuning_checks.py), each a real bug: the learning rate dropped
 from the configuration (TRL's default 2e-5 then applies), the artifact written from an early checkpoint,
@@ -22,6 +27,7 @@ resume ignored (the run starts over), a tuner that trains without validating its
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import traceback
@@ -32,7 +38,7 @@ from typing import Any, Callable
 import llmkit
 from llmkit.tasks import alpaca_prompt
 from llmkit.tuner import METHOD_FORMATS, Tuner, get_tuner
-from llmkit_conformance.checks import CheckFailed, CheckResult, require
+from llmkit_conformance.checks import CheckFailed, CheckResult, CheckUnsupported, require
 
 CODE_WORDS = {"red": "falcon", "blue": "pebble", "green": "lantern", "yellow": "harbor",
               "purple": "meadow", "orange": "cobalt", "black": "thistle", "white": "saffron"}
@@ -60,8 +66,12 @@ class TunerUnderTest:
         self.backend, self.model, self.workdir = backend, model, workdir
         self.tuner = tuner or get_tuner(backend, **tuner_options)
         self._learnt: tuple[llmkit.TuneResult, list[llmkit.TuneProgress]] | None = None
-        self.data = workdir / "code-words.json"
-        self.data.write_text(json.dumps(code_word_records()))
+        self.data = self.records_file("code-words.json", code_word_records())
+
+    def records_file(self, name: str, records: list[dict[str, Any]]) -> Path:
+        path = self.workdir / name
+        path.write_text(json.dumps(records))
+        return path
 
     def job(self, name: str, **fields: Any) -> dict[str, Any]:
         return {"model": self.model, "data": str(self.data), "output_dir": str(self.workdir / name), "method": "lora",
@@ -69,6 +79,16 @@ class TunerUnderTest:
                 "max_seq_length": 128, "split": {"train": 1.0, "test": 0.0}, "checkpoint_steps": 100, "seed": 0, **fields}
 
     def learnt(self) -> tuple[llmkit.TuneResult, list[llmkit.TuneProgress]]:
+        """The LoRA run on the code words; `unsupported` for a backend that declares no LoRA adapter and
+        refuses the job naming the method or the artifact."""
+        if "lora" not in self.tuner.methods or "adapter" not in self.tuner.artifacts:
+            try:
+                self.tuner.finetune(self.job("learn"))
+            except llmkit.UnsupportedFeatureError as exc:
+                require(exc.backend == self.backend and exc.feature in ("method=lora", "artifact=adapter"),
+                        f"the LoRA job was refused naming {exc.backend!r} / {exc.feature!r}")
+                raise CheckUnsupported(str(exc)) from None
+            raise CheckFailed("the backend declares no LoRA adapter, yet ran the LoRA job")
         if self._learnt is None:
             events: list[llmkit.TuneProgress] = []
             result = self.tuner.finetune(self.job("learn"), events.append)
@@ -117,9 +137,29 @@ class _Interrupt(Exception):
     """Raised from the progress callback: the run stops as if killed after a checkpoint."""
 
 
+def _refuses_mid_epoch_checkpoints(t: TunerUnderTest) -> str:
+    """A backend that checkpoints only at epoch ends must refuse a checkpoint inside one (4 steps per epoch,
+    checkpoint_steps=3) before writing anything, naming checkpoint_steps."""
+    job = t.job("mid-epoch-checkpoint", max_steps=8, checkpoint_steps=3)
+    try:
+        t.tuner.finetune(job)
+    except llmkit.UnsupportedFeatureError as exc:
+        require(exc.backend == t.backend and exc.feature == "checkpoint_steps",
+                f"a mid-epoch checkpoint was refused naming {exc.backend!r} / {exc.feature!r}, not checkpoint_steps")
+        require(not Path(job["output_dir"]).exists(), f"{job['output_dir']} was written before the refusal")
+        return str(exc)
+    raise CheckFailed("the backend declares checkpoints at epoch ends only, yet accepted checkpoint_steps=3 in an epoch of 4 steps")
+
+
 @tuner_check
 def check_resume(t: TunerUnderTest) -> dict:
-    job = t.job("resume", max_steps=6, checkpoint_steps=3)
+    refusal = None
+    if t.tuner.checkpoint_at == "epoch_end":
+        refusal = _refuses_mid_epoch_checkpoints(t)
+        # 24 records in batches of 8: the step-3 checkpoint ends epoch 1 of 2.
+        job = t.job("resume", max_steps=6, checkpoint_steps=3, data=str(t.records_file("code-words-24.json", code_word_records()[:24])))
+    else:
+        job = t.job("resume", max_steps=6, checkpoint_steps=3)  # 32 records: step 3 of an epoch of 4
 
     def stop_after_checkpoint(event: llmkit.TuneProgress) -> None:
         if event.step >= 4:
@@ -139,7 +179,9 @@ def check_resume(t: TunerUnderTest) -> dict:
     require(result.resumed_from_step == 3, f"resumed from step {result.resumed_from_step}, the checkpoint was at 3")
     require(first_step == 4, f"the resumed run's first step was {first_step}, not 4")
     require(result.steps == 6, f"the resumed run ended at step {result.steps}, not 6")
-    return {"resumed_from_step": result.resumed_from_step, "steps": result.steps}
+    checkpoint = "at the end of epoch 1 of 2" if refusal else "mid-epoch (step 3 of 4)"
+    return {"resumed_from_step": result.resumed_from_step, "steps": result.steps, "checkpoint": checkpoint,
+            **({"mid_epoch_refused": refusal} if refusal else {})}
 
 
 @tuner_check
@@ -187,6 +229,11 @@ def run_tuner_check(name: str, t: TunerUnderTest) -> CheckResult:
     start = time.perf_counter()
     try:
         result = CheckResult(name, "passed", data=TUNER_CHECKS[name](t) or {})
+    except CheckUnsupported as exc:
+        result = CheckResult(name, "unsupported", str(exc))
+    except llmkit.UnsupportedFeatureError as exc:
+        result = CheckResult(name, "failed", f"refused although the backend declares what this check uses: {exc}",
+                             data={"feature": exc.feature})
     except CheckFailed as exc:
         result = CheckResult(name, "failed", str(exc), data=exc.data)
     except Exception as exc:  # noqa: BLE001 - a crashing check is reported, not raised
@@ -201,6 +248,7 @@ def run(backend: str, model: str = "smollm2-135m-instruct", *, checks: list[str]
     from llmkit_conformance.runner import environment
 
     names = checks or list(TUNER_CHECKS)
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="llmkit-tuner-checks-") as folder:
         t = TunerUnderTest(backend, model, Path(folder), tuner=tuner, **tuner_options)
         results = []
@@ -208,27 +256,49 @@ def run(backend: str, model: str = "smollm2-135m-instruct", *, checks: list[str]
             if on_progress:
                 on_progress(name)
             results.append(asdict(run_tuner_check(name, t)))
-    env = environment(backend)
-    try:
-        from importlib.metadata import version
-
-        from llmkit.plugins import tuners
-
-        spec = tuners()[backend]
-        env["library"], env["library_version"] = spec.distributions[0], version(spec.distributions[0])
-    except Exception:  # noqa: BLE001 - a report without the version is still a report
-        pass
+        # The versions the tuner trained with (axolotl and torchtune run in environments of their own).
+        versions = t._learnt[0].versions if t._learnt else {}
+    env = {**environment(backend), "cpu": cpu_name(), "versions": versions,
+           "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}
+    if versions.get(env["library"]):
+        env["library_version"] = versions[env["library"]]
     return {"report_version": 1, "kind": "tuner", "backend": backend, "model": model, "options": tuner_options,
+            "declared": {"methods": sorted(t.tuner.methods), "artifacts": sorted(t.tuner.artifacts),
+                         "checkpoint_at": t.tuner.checkpoint_at},
             "environment": env, "checks": results}
 
 
+def cpu_name() -> str | None:
+    """The processor's model name (Linux), for the report's "where it ran"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def markdown(report: dict[str, Any]) -> str:
-    env = report["environment"]
+    env, declared = report["environment"], report["declared"]
+    counts = {status: sum(c["status"] == status for c in report["checks"]) for status in ("passed", "failed", "unsupported", "error")}
+    versions = ", ".join(f"{name} {v}" for name, v in env.get("versions", {}).items()) or "not recorded"
     lines = [f"# Tuner conformance: {report['backend']} on {report['model']}", "",
-             f"{env.get('library')} {env.get('library_version')} · Python {env['python']} · {env['machine']} · {env['device']} · {env['date']}", "",
+             f"Ran on: {env['device']} ({env.get('cpu') or 'unknown CPU'}) · {env['machine']} · Python {env['python']} · "
+             f"llmkit {env['llmkit']} · {env['date']}.", "",
+             f"Trained with: {versions}.", "",
+             *([f"Load average (1 min) at start / end: {env['load_average']['start']:.1f} / {env['load_average']['end']:.1f} "
+                f"on {env['machine'].split(', ')[-1]}: the seconds below are not speed figures when it exceeds the cores.", ""]
+               if env.get("load_average") else []),
+             f"Declared: methods {', '.join(declared['methods'])}; artifacts {', '.join(declared['artifacts'])}; "
+             f"checkpoints at {declared['checkpoint_at'].replace('_', ' ')}.", "",
+             f"**{counts['passed']} passed, {counts['failed']} failed, {counts['unsupported']} unsupported, {counts['error']} errors** "
+             f"in {sum(c['seconds'] for c in report['checks']):.0f} s.", "",
              "| check | status | seconds | detail |", "| --- | --- | --- | --- |"]
     for c in report["checks"]:
-        detail = c["detail"] or ", ".join(f"{k}={v}" for k, v in c["data"].items() if k not in ("answers", "traceback", "error"))
+        shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in c["data"].items()
+                 if k not in ("answers", "traceback", "error", "mid_epoch_refused")}
+        detail = c["detail"] or ", ".join(f"{k}={v}" for k, v in shown.items())
         lines.append(f"| {c['name']} | {c['status']} | {c['seconds']:.1f} | {detail.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -241,3 +311,4 @@ def write(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path
+

@@ -80,6 +80,7 @@ class TorchtuneTuner(Tuner):
     backend = "torchtune"
     methods = frozenset({"lora", "sft"})
     artifacts = frozenset({"adapter", "merged"})
+    checkpoint_at = "epoch_end"  # torchtune 0.6.1's recipes save only at the end of an epoch
 
     def __init__(self, *, timeout_s: float | None = None) -> None:
         self.timeout_s = timeout_s
