@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import llmkit
-from llmkit.evaluate import Example, answer, judge
+from llmkit.evaluate import answer, judge
 
 
 def show(progress: llmkit.TuneProgress) -> None:
@@ -33,9 +33,8 @@ def main(data_file: str) -> None:
         print(f"adapter: {result.path.name}, {result.steps} steps in {result.seconds:.0f} s, "
               f"validation loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
 
-        # The run's folder holds its splits (ch. 7's 85/10/5): judge the test split.
-        lines = (result.output_dir / "data" / "test.jsonl").read_text().splitlines()
-        test = [Example(**json.loads(line)) for line in lines]
+        # The run kept its splits (ch. 7's 85/10/5): judge the test split.
+        test = result.split("test")
         with llmkit.load("transformers", str(result.path)) as tuned:  # the adapter, merged on load
             answers = answer(tuned, test, max_tokens=32)
         with llmkit.load("transformers", llmkit.DEFAULT_MODEL) as judge_engine:

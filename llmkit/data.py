@@ -8,7 +8,8 @@
 
 Every record becomes an `Example`; a bad record is refused with its position and field named
 (`DataError`), before any model is loaded. `split` cuts train / validation / test by fractions, in file
-order (as ch. 7 does) or shuffled by a seed.
+order (as ch. 7 does) or shuffled by a seed. A tuning run writes its splits into its folder; `read_split`
+(or `TuneResult.split`) reads one back as the same `Example`s, e.g. to evaluate on the test split.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from llmkit.errors import InvalidRequestError
 
 Format = Literal["alpaca", "chat", "preference"]
 FORMATS: tuple[Format, ...] = ("alpaca", "chat", "preference")
+SplitName = Literal["train", "validation", "test"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("train", "validation", "test")
 ROLES = frozenset({"system", "user", "assistant"})
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,12 @@ class Example:
             record["prompt"] = [dict(m) for m in self.prompt]
         return {k: v for k, v in record.items() if v is not None}
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "Example":
+        """The inverse of `to_json`."""
+        prompt = record["prompt"]
+        return cls(**{**record, "prompt": prompt if isinstance(prompt, str) else tuple(prompt)})
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -68,10 +77,20 @@ class Splits:
     def write(self, folder: Path) -> None:
         """One JSONL file per split, so a run can be reproduced and a subprocess tuner can read them."""
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("train", "validation", "test"):
+        for name in SPLIT_NAMES:
             with open(folder / f"{name}.jsonl", "w") as out:
                 for example in getattr(self, name):
                     out.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+
+
+def read_split(folder: Path | str, name: SplitName) -> list[Example]:
+    """One split that `Splits.write` wrote into `folder` (a tuning run's `data/`), as its `Example`s."""
+    if name not in SPLIT_NAMES:
+        raise InvalidRequestError(f"unknown split {name!r}; one of {SPLIT_NAMES}", parameter="split", value=name)
+    path = Path(folder) / f"{name}.jsonl"
+    if not path.is_file():
+        raise DataError("no such split file (was the folder written by a tuning run?)", source=str(path))
+    return [Example.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

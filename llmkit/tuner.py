@@ -27,12 +27,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from llmkit.data import Format, Splits, load_examples, split
+from llmkit.data import Example, Format, SplitName, Splits, load_examples, read_split, split
 from llmkit.errors import InvalidRequestError, TuneError, UnsupportedFeatureError
 from llmkit.types import LLMKitModel
 
 Method = Literal["sft", "lora", "qlora", "dpo", "grpo"]
 Artifact = Literal["adapter", "merged", "gguf"]
+DATA_DIR = "data"  # a run's splits, under its output_dir
 # What each method trains on (formats of llmkit.data).
 METHOD_FORMATS: dict[str, tuple[Format, ...]] = {
     "sft": ("alpaca", "chat"), "lora": ("alpaca", "chat"), "qlora": ("alpaca", "chat"),
@@ -162,6 +163,11 @@ class TuneResult(LLMKitModel):
     def save(self) -> None:
         (self.output_dir / "result.json").write_text(self.model_dump_json(indent=2))
 
+    def split(self, name: SplitName) -> list[Example]:
+        """The run's train, validation or test split, as the examples it was cut into (ch. 7 evaluates the
+        tuned model on "test")."""
+        return read_split(self.output_dir / DATA_DIR, name)
+
 
 @dataclass
 class TuneRun:
@@ -175,6 +181,11 @@ class TuneRun:
     @property
     def checkpoints(self) -> Path:
         return self.job.output_dir / "checkpoints"
+
+    @property
+    def data_dir(self) -> Path:
+        """The splits as JSONL files (`train.jsonl`, `validation.jsonl`, `test.jsonl`)."""
+        return self.job.output_dir / DATA_DIR
 
     def artifact_path(self) -> Path:
         return self.job.output_dir / {"adapter": "adapter", "merged": "merged", "gguf": "model.gguf"}[self.job.artifact]
@@ -248,8 +259,9 @@ def prepare_run(job: TuneJob, backend: str) -> TuneRun:
         raise TuneError(f"{out} is not empty and holds no llmkit run; nothing was overwritten: choose another output_dir")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(fingerprint, indent=2))
-    splits.write(out / "data")
-    return TuneRun(job=job, format=fmt, splits=splits, resume_from=latest_checkpoint(out / "checkpoints"))
+    run = TuneRun(job=job, format=fmt, splits=splits, resume_from=latest_checkpoint(out / "checkpoints"))
+    splits.write(run.data_dir)
+    return run
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -100,7 +100,7 @@ def test_lora_run_killed_resumes_and_adapter_changes_generations(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter))
     model.eval()
-    prompts = [json.loads(line)["prompt"] for line in (out / "data" / "validation.jsonl").read_text().splitlines()[:3]]
+    prompts = [example.prompt for example in result.split("validation")[:3]]
     changed = 0
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt").input_ids

@@ -45,8 +45,7 @@ def test_full_finetune_hands_over_a_loadable_model(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(result.path)
     model = AutoModelForCausalLM.from_pretrained(result.path, dtype=torch.float32).eval()
     total, count = 0.0, 0
-    for line in (tmp_path / "run" / "data" / "validation.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in (example.to_json() for example in result.split("validation")):
         p = tokenizer(record["prompt"]).input_ids
         c = tokenizer(record["completion"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         with torch.no_grad():

@@ -111,7 +111,7 @@ def test_adapter_loads_with_peft_and_changes_generation(job, runs):
     assert (config["r"], config["lora_alpha"], config["task_type"]) == (8, 16, "CAUSAL_LM")
     tokenizer = AutoTokenizer.from_pretrained(result.base_model)
     model = AutoModelForCausalLM.from_pretrained(result.base_model, dtype=torch.float32).eval()
-    records = [json.loads(line) for line in (Path(job["output_dir"]) / "data" / "validation.jsonl").read_text().splitlines()]
+    records = [example.to_json() for example in result.split("validation")]
     prompt = tokenizer(records[0]["prompt"], return_tensors="pt")
     with torch.no_grad():
         base_ids = model.generate(**prompt, max_new_tokens=20, do_sample=False)

@@ -113,7 +113,7 @@ class TorchtuneTuner(Tuner):
         resume = state_file.exists() and any(self._epoch_complete(p, job) for p in ckpts.glob("epoch_*"))
         config, steps = mapping.build_config(
             job, model_folder=folder, model=model, n_train=len(run.splits.train),
-            n_validation=len(run.splits.validation), checkpoints=ckpts, data_dir=job.output_dir / "data", resume=resume)
+            n_validation=len(run.splits.validation), checkpoints=ckpts, data_dir=run.data_dir, resume=resume)
         config_path = job.output_dir / "torchtune.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
