@@ -122,8 +122,8 @@ def test_refused_before_any_work(tmp_path, alpaca, preference):
     out = tmp_path / "out"
     with pytest.raises(UnsupportedFeatureError, match="fp16"):
         tuner.finetune(TuneJob(model="m", data=alpaca, output_dir=out, precision="fp16"))
-    with pytest.raises(UnsupportedFeatureError, match="artifact=merged"):
-        tuner.finetune(TuneJob(model="m", data=alpaca, output_dir=out, artifact="merged"))
+    with pytest.raises(UnsupportedFeatureError, match="artifact=gguf"):
+        tuner.finetune(TuneJob(model="m", data=alpaca, output_dir=out, artifact="gguf"))
     with pytest.raises(UnsupportedFeatureError, match="data_format"):
         tuner.finetune(TuneJob(model="m", data=alpaca, output_dir=out, data_format="chat"))
     with pytest.raises(UnsupportedFeatureError, match="qlora"):

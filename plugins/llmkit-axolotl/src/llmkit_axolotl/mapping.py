@@ -57,7 +57,8 @@ JOB = Mapping(TuneJob, [
     Param("method", "+method", _method, "lora / sft: supervised (no rl); dpo: rl: dpo"),
     Param("output_dir", None, note="axolotl's output_dir is the run's checkpoints/ folder"),
     Param("lora", "+lora", _lora, "adapter: lora, lora_r/alpha/dropout, all-linear → lora_target_linear; LoRA kernels off"),
-    Param("artifact", None, note="llmkit copies axolotl's final adapter (or full model) to the run's artifact folder"),
+    Param("artifact", None, note="llmkit copies axolotl's final adapter (or full model) to the run's artifact folder; "
+                                  "merged with LoRA: `axolotl merge-lora` on the same config first"),
     Param("epochs", "num_epochs", float),
     Param("max_steps", "max_steps", note="None: num_epochs decides"),
     Param("batch_size", "micro_batch_size"),

@@ -4,7 +4,8 @@
 PATH (axolotl's default launcher is `accelerate launch`, a second process; with one CPU process the
 python launcher does the same work). The bridge plugin (axolotl_side/llmkit_axolotl_bridge.py) prints one
 `LLMKIT_EVENT {json}` line per trainer log; those lines become `TuneProgress` events. The whole log is
-kept in `<output_dir>/axolotl/train.log`.
+kept in `<output_dir>/axolotl/train.log`. Merged weights from a LoRA run come from `axolotl merge-lora
+config.yaml`, as an axolotl user makes them (axolotl's shard-by-shard merge into `checkpoints/merged`).
 """
 
 from __future__ import annotations
@@ -75,9 +76,6 @@ class AxolotlTuner(Tuner):
     def check(self, job: TuneJob) -> None:
         for field, reason in refusals(job):
             raise UnsupportedFeatureError(BACKEND, field, reason)
-        if job.artifact == "merged" and job.lora is not None:
-            raise UnsupportedFeatureError(BACKEND, "artifact=merged", "with LoRA this backend hands over the adapter; "
-                                          "merged weights come from full fine-tuning (method sft)")
         self._precision(job)
         from llmkit.catalog import lookup
 
@@ -119,7 +117,12 @@ class AxolotlTuner(Tuner):
         config_path.write_text(yaml.safe_dump(config, sort_keys=True))
 
         environment = axolotl_env.ensure_env(log=lambda line: print(line, file=sys.stderr, flush=True), env=self.env)
-        records = self._run_axolotl(environment, config_path, work / "train.log", emit)
+        self.peak_rss = None
+        records = self._run_axolotl(environment, ["train", str(config_path), "--launcher", "python"], work / "train.log", emit)
+        if job.artifact == "merged" and job.lora is not None:
+            emit(TuneProgress(step=max((int(r["step"]) for r in records if "step" in r), default=0),
+                              message="merging the adapter into the base weights (axolotl merge-lora)"))
+            self._run_axolotl(environment, ["merge-lora", str(config_path)], work / "merge.log", emit)
 
         evals = [r["logs"]["eval_loss"] for r in records if r.get("kind") == "log" and "eval_loss" in r.get("logs", {})]
         eval_steps = [r["step"] for r in records if r.get("kind") == "log" and "eval_loss" in r.get("logs", {})]
@@ -142,8 +145,9 @@ class AxolotlTuner(Tuner):
             versions=self._versions(environment),
         )
 
-    def _run_axolotl(self, environment: Path, config_path: Path, log_path: Path,
+    def _run_axolotl(self, environment: Path, arguments: list[str], log_path: Path,
                      emit: Callable[[TuneProgress], None]) -> list[dict[str, Any]]:
+        """`axolotl <arguments>` in its environment, in the log's folder; the bridge's records, in order."""
         child_env = dict(os.environ)
         child_env["PATH"] = f"{environment / 'bin'}{os.pathsep}{child_env.get('PATH', '')}"
         child_env["VIRTUAL_ENV"] = str(environment)
@@ -152,13 +156,13 @@ class AxolotlTuner(Tuner):
         child_env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                           "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "disabled",
                           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
-        command = [str(environment / "bin" / "axolotl"), "train", str(config_path), "--launcher", "python"]
+        command = [str(environment / "bin" / "axolotl"), *arguments]
         records: list[dict[str, Any]] = []
         tail: list[str] = []
         with open(log_path, "a") as log:
             log.write(f"$ {' '.join(command)}\n")
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                       env=child_env, cwd=config_path.parent, preexec_fn=_die_with_parent)
+                                       env=child_env, cwd=log_path.parent, preexec_fn=_die_with_parent)
             try:
                 assert process.stdout is not None
                 for line in process.stdout:
@@ -179,7 +183,7 @@ class AxolotlTuner(Tuner):
                 # wait4: this child's own resource usage (with its waited-for children); maxrss in KiB on Linux.
                 _, status, usage = os.wait4(process.pid, 0)
                 code = process.returncode = os.waitstatus_to_exitcode(status)
-                self.peak_rss = usage.ru_maxrss * 1024
+                self.peak_rss = max(self.peak_rss or 0, usage.ru_maxrss * 1024)
             except BaseException:
                 _stop(process)
                 raise
@@ -189,12 +193,13 @@ class AxolotlTuner(Tuner):
 
     @staticmethod
     def _hand_over(run: TuneRun, artifact: Path) -> None:
-        """axolotl saves the final adapter (LoRA) or model (full) at the top of its output_dir."""
-        source = run.checkpoints
+        """axolotl saves the final adapter (LoRA) or model (full) at the top of its output_dir, and merge-lora
+        the merged model in its `merged/` folder."""
+        source = run.checkpoints / "merged" if run.job.artifact == "merged" and run.job.lora is not None else run.checkpoints
         if artifact.exists():
             shutil.rmtree(artifact)
         artifact.mkdir(parents=True)
-        if run.job.lora is not None:
+        if run.job.artifact == "adapter":
             missing = [name for name in ADAPTER_FILES if not (source / name).is_file()]
             if missing:
                 raise TuneError(f"axolotl finished but {source} lacks {missing}")
