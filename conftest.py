@@ -6,6 +6,25 @@ import pytest
 
 import llmkit
 
+# `make test` runs two pytest-xdist workers (--dist loadgroup, pyproject.toml). The vLLM tests and the users of TRL's
+# learning run (one test serves the learnt adapter on vLLM) go to one worker: the session's vLLM engines and the
+# learning run are made once, and no two vLLM engines compete for the cores. Conformance and concurrency tests
+# reach their engine through request.getfixturevalue, hence the engine("vllm") mark as well as fixture names.
+ONE_WORKER_FIXTURES = {"vllm_engine", "vllm_lora_engine", "trl_under_test"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """xdist groups: the vLLM-and-TRL group above, and for any other test that uses a module- or class-scoped
+    fixture its module (a module's server, quantized files or tuning run are made once, on one worker)."""
+    for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs
+        engine = item.get_closest_marker("engine")
+        if ONE_WORKER_FIXTURES & fixtures.keys() or (engine and engine.args == ("vllm",)):
+            item.add_marker(pytest.mark.xdist_group("vllm-and-trl-learning-run"))
+        elif any(defs[-1].scope in ("module", "class", "package") for defs in fixtures.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
