@@ -137,12 +137,19 @@ class _Interrupt(Exception):
     """Raised from the progress callback: the run stops as if killed after a checkpoint."""
 
 
+def _stop(event: llmkit.TuneProgress) -> None:
+    raise _Interrupt()
+
+
 def _refuses_mid_epoch_checkpoints(t: TunerUnderTest) -> str:
     """A backend that checkpoints only at epoch ends must refuse a checkpoint inside one (4 steps per epoch,
-    checkpoint_steps=3) before writing anything, naming checkpoint_steps."""
+    checkpoint_steps=3) before writing anything, naming checkpoint_steps. (A run that starts is stopped at its
+    first progress event: the check has failed by then.)"""
     job = t.job("mid-epoch-checkpoint", max_steps=8, checkpoint_steps=3)
     try:
-        t.tuner.finetune(job)
+        t.tuner.finetune(job, _stop)
+    except (llmkit.TuneError, _Interrupt):
+        pass
     except llmkit.UnsupportedFeatureError as exc:
         require(exc.backend == t.backend and exc.feature == "checkpoint_steps",
                 f"a mid-epoch checkpoint was refused naming {exc.backend!r} / {exc.feature!r}, not checkpoint_steps")
@@ -260,12 +267,20 @@ def run(backend: str, model: str = "smollm2-135m-instruct", *, checks: list[str]
         versions = t._learnt[0].versions if t._learnt else {}
     env = {**environment(backend), "cpu": cpu_name(), "versions": versions,
            "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}
-    if versions.get(env["library"]):
-        env["library_version"] = versions[env["library"]]
+    env["library"] = tuner_library(backend)
+    env["library_version"] = versions.get(env["library"])
     return {"report_version": 1, "kind": "tuner", "backend": backend, "model": model, "options": tuner_options,
             "declared": {"methods": sorted(t.tuner.methods), "artifacts": sorted(t.tuner.artifacts),
                          "checkpoint_at": t.tuner.checkpoint_at},
             "environment": env, "checks": results}
+
+
+def tuner_library(backend: str) -> str:
+    """The library a tuner backend drives: the first distribution its plugin names."""
+    from llmkit.plugins import tuners
+
+    spec = tuners().get(backend)
+    return spec.distributions[0] if spec is not None and spec.distributions else backend
 
 
 def cpu_name() -> str | None:
