@@ -109,9 +109,12 @@ def tune(backend: str, job: TuneJob | dict | str | Path, on_progress=None, **tun
     return get_tuner(backend, **tuner_options).finetune(job, on_progress)
 
 
-def quantize(backend: str, model: str, method: str, output: str | Path) -> Path:
-    """Quantize `model` offline for `backend` (e.g. llamacpp: q8_0, q4_k_m) and return the file's path."""
-    from llmkit.plugins import get_backend
+def quantize(backend: str, model: str, method: str, output: str | Path, *, on_progress=None, **job: Any) -> Path:
+    """Quantize `model` offline and return the file or folder written. `backend` is an engine (llamacpp:
+    q8_0, q4_k_m...; vllm, sglang: fp8-dynamic, w8a8-int8, w4a16) or a quantizer by name (gguf,
+    llmcompressor). `job`: the other `llmkit.quantizer.QuantizeJob` fields (calibration data,
+    calibration_samples, max_seq_length, dtype). Load-time quantization is `load(..., quantization=...)`."""
+    from llmkit.quantizer import QuantizeJob, find_quantizer
 
-    engine_class = get_backend(backend).load_class()
-    return engine_class.quantize_model(model, Quantization(method=method, applied="offline"), Path(output))
+    quantizer = find_quantizer(backend, method)
+    return quantizer.quantize(QuantizeJob(model=model, method=method, output=Path(output), **job), on_progress)

@@ -184,12 +184,44 @@ def stream(
 
 @app.command()
 def quantize(
-    backend: str = BACKEND, model: str = MODEL,
-    method: str = typer.Option(..., "--method", help="e.g. q8_0, q4_k_m (see the backend's capabilities)."),
-    out: Path = typer.Option(..., "--out", help="Output file."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="The engine that will load it (llamacpp, ollama, vllm, sglang) "
+                                "or a quantizer by name (gguf, llmcompressor)."),
+    model: str = MODEL,
+    method: Optional[str] = typer.Option(None, "--method", help="q8_0, q4_k_m, ... (gguf); fp8-dynamic, w8a8-int8, w4a16 "
+                                         "(llmcompressor). --list shows them all."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The GGUF file or checkpoint folder to write (must not exist)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration data for w8a8-int8 / w4a16: "
+                                               "Alpaca, chat or preference records (e.g. ch. 7's instruction-data.json)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Calibration records (default 64), from the training split."),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Calibration tokens per record (default 512)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Weights per scale for w4a16 (default 128)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="What stays unquantized (llmcompressor; default bfloat16)."),
+    list_methods: bool = typer.Option(False, "--list", help="List the quantizers, their methods and the engines that load them."),
 ) -> None:
-    """Quantize a model offline for a backend (llamacpp: Hugging Face folder → GGUF)."""
-    _run(lambda: print(llmkit.quantize(backend, model, method, out)))
+    """Quantize a model offline into a file or folder an engine loads (GGUF for llama.cpp and Ollama,
+    compressed-tensors for vLLM and SGLang). Load-time quantization is an engine option instead."""
+    from rich.markup import escape
+
+    from llmkit.quantizer import describe
+
+    def go() -> None:
+        if list_methods:
+            table = Table("quantizer", "format", "engines", "method", "calibrated", "what")
+            for row in describe():
+                table.add_row(row["quantizer"], row["format"], ", ".join(row["engines"]), row["method"],
+                              "yes" if row["calibrated"] else "", row["what"])
+            console.print(table)
+            return
+        missing = [name for name, value in (("backend", backend), ("method", method), ("out", out)) if value is None]
+        if missing:
+            raise llmkit.InvalidRequestError(f"give --{missing[0]} (or --list)", parameter=missing[0])
+        given = {"calibration": calibration, "calibration_samples": samples, "max_seq_length": max_seq_length,
+                 "group_size": group_size, "dtype": dtype}
+        path = llmkit.quantize(backend, model, method, out, **{k: v for k, v in given.items() if v is not None},
+                               on_progress=lambda p: err_console.print(f"[dim]{p.elapsed_s:6.0f} s[/] {p.stage}: {escape(p.message)}"))
+        print(path)
+
+    _run(go)
 
 
 @app.command()

@@ -64,7 +64,6 @@ from llmkit.types import (
     LLMKitModel,
     MemoryUsage,
     Message,
-    Quantization,
     Request,
     RequestMetrics,
     SamplingParams,
@@ -278,11 +277,6 @@ class Engine(ABC):
 
     def _weights(self) -> WeightsInfo | None:
         return None
-
-    @classmethod
-    def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
-        """Write a quantized copy of `model` that this backend can load. Backends that can override this."""
-        raise UnsupportedFeatureError(cls.backend, "quantize", "this backend does not produce quantized files")
 
     # ---- the public interface --------------------------------------------------------------------
 

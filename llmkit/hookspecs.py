@@ -36,5 +36,11 @@ def register_tuners(register: "Callable[[BackendSpec], None]") -> None:
 
 
 @hookspec
+def register_quantizers(register: "Callable[[BackendSpec], None]") -> None:
+    """Register offline quantizers (:class:`llmkit.quantizer.Quantizer` subclasses), with
+    :class:`llmkit.plugins.BackendSpec` of kind ``"quantizer"``."""
+
+
+@hookspec
 def register_commands(app: "typer.Typer") -> None:
     """Add sub-commands to the ``llmkit`` command line."""

@@ -181,14 +181,20 @@ def _count_from_safetensors(config: dict[str, Any], folder: str | Path | None) -
     return total, f"read from the safetensors headers ({len(shards)} file{'s' if len(shards) != 1 else ''})"
 
 
-def read_safetensors_shapes(path: str | Path) -> dict[str, list[int]]:
-    """Tensor name → shape from a safetensors file's header (8 bytes of length, then JSON); reads no data."""
+def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Tensor name → {"dtype", "shape", "data_offsets"} from a safetensors file's header (8 bytes of length,
+    then JSON); reads no data."""
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         if length > 100 * 2**20:
             raise ValueError(f"{path}: implausible safetensors header length {length}")
         header = json.loads(handle.read(length))
-    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
+    return {name: info for name, info in header.items() if name != "__metadata__"}
+
+
+def read_safetensors_shapes(path: str | Path) -> dict[str, list[int]]:
+    """Tensor name → shape from a safetensors file's header."""
+    return {name: info["shape"] for name, info in read_safetensors_header(path).items()}
 
 
 def load_shape(model: str) -> Shape:

@@ -32,6 +32,7 @@ from llmkit import hookspecs
 from llmkit.errors import BackendNotFoundError, BackendUnavailableError, LLMKitError
 
 ENTRY_POINT_GROUP = "llmkit"
+HOOKS = {"engine": "register_engines", "tuner": "register_tuners", "quantizer": "register_quantizers"}  # kind → hook
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +42,7 @@ class BackendSpec:
 
     name: str
     target: str  # "module:Class", imported on first use
-    kind: Literal["engine", "tuner"] = "engine"
+    kind: Literal["engine", "tuner", "quantizer"] = "engine"
     requires: tuple[str, ...] = ()  # modules the backend needs at run time, checked by `availability`
     install_hint: str | None = None
     description: str = ""
@@ -186,8 +187,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
 def plugin_failures() -> list[PluginFailure]:
     """Plugins that failed to load (import, registration) or whose registration hook raised."""
     get_plugin_manager()
-    _collect("engine")
-    _collect("tuner")
+    for kind in HOOKS:
+        _collect(kind)
     with _lock:
         return [*_failures, *_hook_failures.values()]
 
@@ -195,7 +196,7 @@ def plugin_failures() -> list[PluginFailure]:
 def _collect(kind: str) -> dict[str, BackendSpec]:
     pm = get_plugin_manager()
     specs: dict[str, BackendSpec] = {}
-    hook = pm.hook.register_engines if kind == "engine" else pm.hook.register_tuners
+    hook = getattr(pm.hook, HOOKS[kind])
     for impl in reversed(hook.get_hookimpls()):  # registration order; a later plugin may not shadow silently
         plugin_name = pm.get_name(impl.plugin) or "?"
         mine: dict[str, BackendSpec] = {}
@@ -237,6 +238,10 @@ def engines() -> dict[str, BackendSpec]:
 
 def tuners() -> dict[str, BackendSpec]:
     return _collect("tuner")
+
+
+def quantizers() -> dict[str, BackendSpec]:
+    return _collect("quantizer")
 
 
 def get_backend(name: str, kind: str = "engine") -> BackendSpec:

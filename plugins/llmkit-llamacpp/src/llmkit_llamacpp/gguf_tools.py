@@ -1,5 +1,6 @@
 """Producing GGUF files: convert a Hugging Face folder with llama.cpp's own converter, then quantize with
-`llama_model_quantize` from the installed llama-cpp-python.
+`llama_model_quantize` from the installed llama-cpp-python. `GGUFQuantizer` is the `gguf` quantizer
+(`llmkit.quantize("llamacpp" | "ollama" | "gguf", ...)`).
 
 The converter (`convert_hf_to_gguf.py`, its `conversion/` package and `gguf-py`) ships in the
 llama-cpp-python sdist, not in the wheel; `scripts/setup.sh` extracts it from the sdist of the installed
@@ -13,13 +14,24 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from llmkit.catalog import cache_dir
+from llmkit.catalog import cache_dir, hf_folder
 from llmkit.errors import BackendUnavailableError, EngineError, ModelNotFoundError, UnsupportedFeatureError
+from llmkit.quantizer import QuantizeJob, Quantizer
 
-# llmkit method name -> llama.cpp file type constant (LLAMA_FTYPE_MOSTLY_<NAME>)
-METHODS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+# llmkit method name -> llama.cpp file type constant (LLAMA_FTYPE_MOSTLY_<NAME>); bits per weight as
+# llama.cpp's quantize tool lists them for a 7B Llama.
+METHOD_INFO = {
+    "f16": "16-bit floats: llama.cpp's converter output, unquantized",
+    "q8_0": "8-bit blocks of 32 with one f16 scale (8.5 bits per weight)",
+    "q6_k": "6-bit k-quant (6.56 bits per weight)",
+    "q5_k_m": "5-bit k-quant, some tensors at 6 bits (5.5 bits per weight)",
+    "q4_k_m": "4-bit k-quant, attention V and FFN down at 6 bits (4.5-4.9 bits per weight)",
+    "q4_0": "4-bit blocks of 32 with one f16 scale (4.5 bits per weight)",
+}
+METHODS = tuple(METHOD_INFO)
 
 
 def converter_dir() -> Path:
@@ -87,3 +99,28 @@ def f16_gguf_for(folder: str) -> Path:
         finally:
             partial.unlink(missing_ok=True)
     return target
+
+
+class GGUFQuantizer(Quantizer):
+    """Hugging Face folder (or catalog model, through its converted folder) → f16 GGUF (cached per content)
+    → the method's GGUF file. A GGUF is not re-quantized: that would stack two quantization errors."""
+
+    name = "gguf"
+    format = "gguf"
+    engines = ("llamacpp", "ollama")
+    methods = METHOD_INFO
+    unused = frozenset({"dtype"})  # the file's types are the method's
+
+    def _quantize(self, job: QuantizeJob, emit: Callable[[str, str], None]) -> Path:
+        import shutil
+
+        if Path(job.model).suffix == ".gguf":
+            raise UnsupportedFeatureError(self.name, "quantize from GGUF", "give the Hugging Face folder or a catalog name")
+        emit("convert", "Hugging Face folder → f16 GGUF (llama.cpp's converter; cached)")
+        f16 = f16_gguf_for(hf_folder(job.model))
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        if job.method == "f16":
+            shutil.copyfile(f16, job.output)  # streamed, not read into memory
+            return job.output
+        emit("quantize", f"f16 → {job.method} (llama_model_quantize)")
+        return quantize_gguf(f16, job.output, job.method)
