@@ -14,16 +14,31 @@ ONE_WORKER_FIXTURES = {"vllm_engine", "vllm_lora_engine", "trl_under_test"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """xdist groups: the vLLM-and-TRL group above, and for any other test that uses a module- or class-scoped
     fixture its module (a module's server, quantized files or tuning run are made once, on one worker)."""
     for item in items:
         fixtures = item._fixtureinfo.name2fixturedefs
         engine = item.get_closest_marker("engine")
         if ONE_WORKER_FIXTURES & fixtures.keys() or (engine and engine.args == ("vllm",)):
-            item.add_marker(pytest.mark.xdist_group("vllm-and-trl-learning-run"))
+            group = "vllm-and-trl-learning-run"
         elif any(defs[-1].scope in ("module", "class", "package") for defs in fixtures.values()):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+            group = item.nodeid.split("::")[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+        if config.getoption("loadgroup", False) and hasattr(item, "_id"):  # in an xdist worker (--dist loadgroup)
+            _suffix_node_id(item, group)
+
+
+def _suffix_node_id(item, group: str) -> None:
+    """xdist's scheduler reads a test's group from its node id ("...@group"). xdist 3.8 writes it to Item._nodeid,
+    which pytest 9.2 no longer reads (node ids are structured, Item._id): without this every test is scheduled
+    alone, silently (pytest-dev/pytest-xdist#1386). Should xdist write it too, the id ends "@group@group": the
+    scheduler takes the part after the last "@", the same group."""
+    from _pytest.nodeid import NodeId
+
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")
