@@ -221,7 +221,8 @@ def check_undeclared_refused(t: TunerUnderTest) -> dict:
             data = t.workdir / "pref.json"
             data.write_text(json.dumps([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 8))
         fields = {"grpo": {"rewards": ["exact_match"], "num_generations": 2}} if method == "grpo" else {}
-        lora = {} if method in ("lora", "qlora") else {"lora": {"r": 8}}
+        # sft trains every weight (no adapter); dpo and grpo take one here
+        lora = {"lora": None} if method == "sft" else {} if method in ("lora", "qlora") else {"lora": {"r": 8}}
         try:
             t.tuner.finetune({**t.job(out.name), **lora, "method": method, "data": str(data), **fields})
             raise CheckFailed(f"method {method} is not declared, yet the job ran")
