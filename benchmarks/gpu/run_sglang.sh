@@ -15,11 +15,13 @@
 #                tests (threads, asyncio loops, cancellation, timeouts)
 #   conformance  llmkit conformance run -b sglang on SmolLM2: report under $OUT/reports
 #   bench        benchmarks/gpu/sglang_overhead.py: llmkit vs raw sglang.Engine, $OUT/sglang_overhead.json
+#   probe        benchmarks/gpu/sglang_constraint_probe.py: choice constraints greedy / sampled, ebnf / regex
 # The machine is given back after 30 minutes held: install, then the other steps in back-to-back calls.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 site=/tmp/site-sglang
+dir=${DIR:-.gpu}  # where the chunks were carried
 export PYTHONPATH=$site:$root:$root/plugins/llmkit-sglang/src:$root/conformance/src
 # No distribution is installed there, so plugins are named explicitly instead of found by entry point.
 export LLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 LLMKIT_PLUGINS=llmkit_sglang,llmkit_conformance
@@ -36,8 +38,8 @@ check_site() {
 
 step_install() {
   mkdir -p /root/stash
-  mv .gpu/c?? /root/stash/ 2>/dev/null
-  [ -f .gpu/SHA256 ] && cp .gpu/SHA256 /root/stash/SHA256
+  mv "$dir"/c?? /root/stash/ 2>/dev/null
+  [ -f "$dir/SHA256" ] && cp "$dir/SHA256" /root/stash/SHA256
   sum=${SUM:-$(cat /root/stash/SHA256 2>/dev/null)}
   [ -n "$sum" ] || { echo "give SUM=<sha256 printed by make-chunks> or carry .gpu/SHA256"; exit 2; }
   ls /root/stash
@@ -57,7 +59,7 @@ step_test() {
   check_site
   timeout 560 python3 -m pytest plugins/llmkit-sglang/tests --ignore=plugins/llmkit-sglang/tests/test_sglang_concurrency.py \
     --ignore=plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
-    -q -p no:cacheprovider -rA --junitxml="$OUT/sglang-tests.xml" > "$OUT/sglang-tests.txt" 2>&1
+    -q -p no:cacheprovider -rA -o faulthandler_timeout=150 --junitxml="$OUT/sglang-tests.xml" > "$OUT/sglang-tests.txt" 2>&1
   echo "pytest rc=$?"
   grep -E "passed|failed|^FAILED|^ERROR|^E " "$OUT/sglang-tests.txt" | tail -25
 }
@@ -66,7 +68,7 @@ step_more() {
   check_site
   timeout 560 python3 -m pytest plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
     plugins/llmkit-sglang/tests/test_sglang_concurrency.py -q -p no:cacheprovider -rA \
-    --junitxml="$OUT/sglang-more.xml" > "$OUT/sglang-more.txt" 2>&1
+    -o faulthandler_timeout=150 --junitxml="$OUT/sglang-more.xml" > "$OUT/sglang-more.txt" 2>&1
   echo "pytest rc=$?"
   grep -E "passed|failed|^FAILED|^ERROR|^E " "$OUT/sglang-more.txt" | tail -25
 }
@@ -78,6 +80,13 @@ step_conformance() {
     -o enable_deterministic_inference=true -o dtype=bfloat16 --out "$OUT/reports" > "$OUT/conformance-sglang.txt" 2>&1
   echo "conformance rc=$?"
   grep -hE "passed,|FAILED|failed|TTFT|TPOT|Long shared|perplexity|\\| (weights|KV|device)" "$OUT/conformance-sglang.txt" | head -30
+  (cd "$OUT" && tar czf reports.tgz reports)  # report names hold '=', which the device tool does not bring back
+}
+
+step_probe() {
+  check_site
+  timeout 400 python3 benchmarks/gpu/sglang_constraint_probe.py > "$OUT/sglang-probe.jsonl" 2> "$OUT/sglang-probe.log"
+  echo "probe rc=$?"; cut -c1-300 "$OUT/sglang-probe.jsonl"
 }
 
 step_bench() {
@@ -93,5 +102,6 @@ case "${1:-}" in
   more) step_more ;;
   conformance) step_conformance ;;
   bench) step_bench ;;
-  *) echo "usage: run_sglang.sh install|test|more|conformance|bench" >&2; exit 2 ;;
+  probe) step_probe ;;
+  *) echo "usage: run_sglang.sh install|test|more|conformance|bench|probe" >&2; exit 2 ;;
 esac

@@ -44,9 +44,9 @@ def conformance_tests(engine_fixture: str = "llmkit_engine", expected: dict[str,
                       checks: list[str] | None = None) -> Callable[..., None]:
     """A test function parametrized over the checks: each must end as `expected[name]` (default
     "passed"; "unsupported" where the backend declares it lacks the feature)."""
-    from llmkit_conformance.checks import CHECKS, run_check
+    from llmkit_conformance.checks import CHECKS, DESTRUCTIVE, run_check
 
-    names = sorted(checks or CHECKS)
+    names = sorted(checks or CHECKS, key=lambda name: (name in DESTRUCTIVE, name))  # those that close the engine last
     expected = expected or {}
     unknown = set(expected) - set(CHECKS)
     if unknown:
