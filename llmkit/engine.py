@@ -231,6 +231,9 @@ class Engine(ABC):
 
     def _validate_options(self, options: dict[str, Any]) -> EngineOptions:
         unknown = sorted(set(options) - set(self.Options.model_fields)) if self.Options.model_config.get("extra") != "allow" else []
+        if "quantization" in unknown:  # the same name on every engine that quantizes while loading
+            raise UnsupportedFeatureError(self.backend, f"quantization={options['quantization']!r}", self.capabilities_.limits.get(
+                "quantization", "this backend does not quantize while loading: load a quantized file (llmkit.quantize)"))
         if unknown:
             raise InvalidRequestError(
                 f"{self.backend}: unknown option(s) {unknown}. Portable options: {', '.join(EngineOptions.PORTABLE)}; "

@@ -40,7 +40,12 @@ from llmkit.kit.worker import EngineWorker
 from llmkit.planner import dtype_name
 from llmkit.types import Capabilities, MemoryUsage, Quantization, Request, SpecialTokens, WeightsInfo
 
-QUANTIZATION_METHODS = ("int8",)  # weight-only, through torchao
+# Load-time, weight-only, through torchao (0.18 read): int8 = Int8WeightOnlyConfig (per channel; CPU and CUDA);
+# int4 = Int4WeightOnlyConfig with the tinygemm layout (tile_packed_to_4d, groups of 128 by default, bf16
+# activations), whose kernels are CUDA's. torchao leaves a Linear whose width the group does not divide
+# unquantized with only a log line (quant_api._int4_weight_only_quantize_tensor): refused here instead.
+QUANTIZATION_METHODS = ("int8", "int4")
+INT4_GROUP = 128
 # Most logits (elements) one prompt-scoring step may hold: 2^28 is 1 GiB in float32. A long prompt whose
 # positions are scored is prefilled in chunks of PROMPT_LOGITS_BUDGET // vocabulary positions.
 PROMPT_LOGITS_BUDGET = 2**28
@@ -48,7 +53,8 @@ PROMPT_LOGITS_BUDGET = 2**28
 
 class TransformersOptions(EngineOptions):
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
-    quantization: Quantization | None = Field(None, description="Load-time quantization; 'int8' (torchao, weight-only).")
+    quantization: Quantization | None = Field(None, description="Load-time weight-only quantization through torchao: 'int8' "
+                                              "(CPU, CUDA) or 'int4' (CUDA; group_size 128 unless given).")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU.")
     attn_implementation: Literal["sdpa", "eager"] | None = None
     trust_remote_code: bool = False
@@ -57,6 +63,46 @@ class TransformersOptions(EngineOptions):
     @classmethod
     def _method_name(cls, value: Any) -> Any:
         return {"method": value} if isinstance(value, str) else value
+
+
+def check_quantization(quant: Quantization, device: str) -> None:
+    """Refuse, before loading, a method or setting torchao cannot run here, naming what would."""
+    here = [m for m in QUANTIZATION_METHODS if m != "int4" or device == "cuda"]
+    if quant.method not in here:
+        why = "int4's torchao kernels (tinygemm) are CUDA's" if quant.method == "int4" else f"torchao methods here: {', '.join(here)}"
+        raise UnsupportedFeatureError("transformers", f"quantization={quant.method!r} on {device}", f"{why}; runs here: {', '.join(here)}")
+    if quant.bits is not None and quant.bits != {"int8": 8, "int4": 4}[quant.method]:
+        raise UnsupportedFeatureError("transformers", f"quantization bits={quant.bits} for {quant.method}", f"{quant.method} is "
+                                      f"{quant.method[3:]} bits")
+    if quant.group_size is not None and quant.method != "int4":
+        raise UnsupportedFeatureError("transformers", f"quantization group_size with {quant.method}", "int8 is per channel")
+    if quant.applied != "load":
+        raise UnsupportedFeatureError("transformers", "quantization applied='offline'", "quantize ahead of time with "
+                                      "llmkit.quantize and load the result")
+
+
+def quantize_weights(model: Any, quant: Quantization) -> None:
+    """torchao's weight-only quantization of every Linear layer, in place."""
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    if quant.method == "int8":
+        quantize_(model, Int8WeightOnlyConfig())
+        return
+    group = quant.group_size or INT4_GROUP
+    widths = sorted({m.in_features for m in model.modules() if type(m).__name__ == "Linear" and m.in_features % group})
+    if widths:
+        raise UnsupportedFeatureError("transformers", f"quantization int4 group_size={group}", f"Linear input widths {widths} "
+                                      "are not multiples of it (torchao would leave those layers unquantized)")
+    quantize_(model, Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d"))
+
+
+def tensor_bytes(tensor: Any) -> int:
+    """Bytes a tensor holds. A torchao quantized weight is a tensor subclass whose numel and element size are
+    the float tensor it stands for: its bytes are those of the tensors inside it (`__tensor_flatten__`)."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
 
 
 @dataclass
@@ -100,8 +146,6 @@ class TransformersEngine(Engine):
 
         opts = self.options
         quant = opts.quantization
-        if quant is not None and quant.method not in QUANTIZATION_METHODS:
-            raise UnsupportedFeatureError(self.backend, f"quantization={quant.method!r}", f"supported: {QUANTIZATION_METHODS}")
         if opts.prefix_caching:
             raise UnsupportedFeatureError(self.backend, "prefix_caching=True", "this engine keeps no KV cache between requests")
         if opts.threads:
@@ -110,6 +154,8 @@ class TransformersEngine(Engine):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if quant is not None:
+            check_quantization(quant, self.device.type)
         if opts.memory_fraction is not None:
             if self.device.type != "cuda":
                 raise UnsupportedFeatureError(self.backend, "memory_fraction", "on CPU the engine allocates as it goes")
@@ -135,9 +181,7 @@ class TransformersEngine(Engine):
                 model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
             self.hf_model = model.to(self.device).eval()
             if quant is not None:
-                from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-                quantize_(self.hf_model, Int8WeightOnlyConfig())
+                quantize_weights(self.hf_model, quant)
         config = self.hf_model.config
         self._vocab_size = self.hf_model.get_output_embeddings().weight.shape[0]
         self._context = opts.max_model_len or getattr(config, "max_position_embeddings", None) or 2048
@@ -175,7 +219,7 @@ class TransformersEngine(Engine):
         return self.encoder.special_tokens(self._eos_ids)
 
     def _weights(self) -> WeightsInfo:
-        dtype = "int8" if self.options.quantization is not None else dtype_name(next(self.hf_model.parameters()).dtype)
+        dtype = self.options.quantization.method if self.options.quantization is not None else dtype_name(next(self.hf_model.parameters()).dtype)
         from llmkit.planner import WEIGHT_BITS
 
         return WeightsInfo(format="safetensors", dtype=dtype, bits=WEIGHT_BITS.get(dtype), kv_cache_dtype=dtype_name(self.hf_model.dtype),
@@ -191,7 +235,7 @@ class TransformersEngine(Engine):
 
         torch = self._torch
         model = self.hf_model
-        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        weights = sum(tensor_bytes(t) for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
         probe = 16
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
@@ -199,7 +243,7 @@ class TransformersEngine(Engine):
                   **{self._cache_kwarg: cache})
         kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
         kv_dtype = cache.layers[0].keys.dtype
-        dtype = "int8" if self.options.quantization is not None else dtype_name(model.dtype)
+        dtype = self.options.quantization.method if self.options.quantization is not None else dtype_name(model.dtype)
         return MemoryUsage(source="transformers: bytes of the loaded tensors; KV cache measured on a 16-token prompt",
                            weights_bytes=weights, weights_dtype=dtype, kv_bytes_per_token=kv / probe,
                            kv_dtype=dtype_name(kv_dtype))

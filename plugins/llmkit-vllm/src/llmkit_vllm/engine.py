@@ -38,6 +38,7 @@ from llmkit.kit.grammars import RegexNotExpressible
 from llmkit.planner import KV_BYTES, WEIGHT_BITS, dtype_name
 from llmkit.types import Capabilities, MemoryUsage, Request, SpecialTokens, StrictInt, WeightsInfo
 from llmkit_vllm.mapping import OPTIONS, RANGES, TEMPERATURE_LIMIT, DeltaReader, engine_args, to_native
+from llmkit_vllm.quantization import check_quantization, runnable_methods
 
 
 class VLLMOptions(EngineOptions):
@@ -98,8 +99,8 @@ class VLLMEngine(Engine):
         check_parallel_layout(opts, device=platform.device_name, ray_device_key=platform.ray_device_key,
                               visible_gpus=platform.device_count() if platform.is_cuda() else None)
         kwargs = engine_kwargs(hf_folder(self.model), opts, on_cpu)
-        if opts.quantization is not None and opts.quantization not in self._quantization_methods():
-            raise UnsupportedFeatureError(self.backend, f"quantization={opts.quantization!r}", f"vLLM {vllm.__version__} lists {self._quantization_methods()}")
+        if opts.quantization is not None:
+            check_quantization(opts.quantization, hf_folder(self.model))
         self._prefix_caching = kwargs["enable_prefix_caching"]
         self._loop = LoopThread("vllm")
         try:
@@ -137,9 +138,7 @@ class VLLMEngine(Engine):
         return self.capabilities_.model_copy(update=update)
 
     def _quantization_methods(self) -> list[str]:
-        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
-
-        return list(QUANTIZATION_METHODS)
+        return runnable_methods()
 
     @property
     def context_length(self) -> int:
