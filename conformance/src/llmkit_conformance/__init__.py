@@ -97,13 +97,17 @@ def register_commands(app):
     def matrix_command(
         reports: Path = typer.Option(DEFAULT_REPORTS, help="Folder of report JSON files."),
         out: Path = typer.Option(Path("docs/capability-matrix.md")),
+        tuning_doc: Path = typer.Option(Path("docs/tuning.md"), help="Its tuner table is regenerated from REPORTS/tuners."),
     ) -> None:
-        """Regenerate the capability matrix in docs/ from committed reports."""
+        """Regenerate the capability matrix and the tuner table in docs/ from committed reports."""
         from llmkit_conformance.report import load_reports, matrix, unverified_backends
+        from llmkit_conformance.tuning import capability_table, load_tuner_reports, replace_table
 
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(matrix(load_reports(reports), unverified_backends()))
         print(f"wrote {out}")
+        tuning_doc.write_text(replace_table(tuning_doc.read_text(), capability_table(load_tuner_reports(reports / "tuners"))))
+        print(f"wrote the tuner table in {tuning_doc}")
 
     @group.command("parity")
     def parity_command(
