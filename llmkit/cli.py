@@ -268,7 +268,9 @@ def tune(
 @app.command()
 def plan(
     model: str = MODEL,
-    weights: str = typer.Option("bf16,fp8,q4_k_m", help="Weight formats, comma-separated."),
+    weights: str = typer.Option("bf16,fp8,q4_k_m", help="Weight formats, comma-separated: element types (bf16, fp8, int8...), "
+                                "GGUF types (q8_0, q4_k_m...) or Linear-only quantization methods (fp8-dynamic, w8a8-int8, "
+                                "w4a16, fp8-load: vLLM's load-time fp8), whose embeddings and norms stay bf16."),
     batch: str = typer.Option("1,8,32", help="Concurrent sequences."),
     context: str = typer.Option("2048,8192", help="Tokens per sequence."),
     kv_dtype: str = typer.Option("bf16", help="KV-cache element type."),

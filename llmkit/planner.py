@@ -27,6 +27,12 @@ from typing import Any
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "q8_0": 8.5 / 8, "q6_k": 6.5625 / 8,
                 "q5_k_m": 5.5 / 8, "q4_k_m": 4.5 / 8, "q4_1": 5.0 / 8, "q4_0": 4.5 / 8, "int4": 0.5}
 WEIGHT_BITS = {name: size * 8 for name, size in WEIGHT_BYTES.items()}
+# Quantization methods that quantize the decoder's Linear layers only, leaving the token embeddings, an untied
+# head and the norms at the checkpoint's dtype: bytes per Linear weight, scales included.
+#   llm-compressor (compressed-tensors; lm_head ignored as upstream's recipes do): fp8-dynamic and w8a8-int8
+#   keep one scale per output channel (≈0), w4a16 one bf16 scale per group of 128 (+2/128 bytes);
+#   vLLM's load-time fp8 keeps one scale per tensor.
+LINEAR_BYTES = {"fp8-dynamic": 1.0, "w8a8-int8": 1.0, "w4a16": 0.5 + 2 / 128, "fp8-load": 1.0}
 KV_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 
@@ -111,6 +117,26 @@ class Shape:
 
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * KV_BYTES[kv_dtype]
+
+    @property
+    def unquantized_parameters(self) -> int:
+        """What Linear-only quantization leaves alone: token embeddings, an untied output head, the norms
+        (Llama-style: two per layer and a final one)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden * (2 * self.layers + 1)
+
+    def weight_bytes(self, weights: str, base: str = "bf16") -> float:
+        """Bytes of the weights in `weights`: an element type or GGUF type of WEIGHT_BYTES (every parameter
+        at that size; GGUF sizes are nominal, llama.cpp keeps some tensors at higher precision), or a
+        Linear-only quantization method of LINEAR_BYTES (the rest at `base`)."""
+        if weights in LINEAR_BYTES:
+            rest = self.unquantized_parameters
+            return (self.parameters - rest) * LINEAR_BYTES[weights] + rest * WEIGHT_BYTES[base]
+        if weights not in WEIGHT_BYTES:
+            from llmkit.errors import InvalidRequestError
+
+            raise InvalidRequestError(f"unknown weight format {weights!r}: one of {', '.join([*WEIGHT_BYTES, *LINEAR_BYTES])}",
+                                      parameter="weights", value=weights)
+        return self.parameters * WEIGHT_BYTES[weights]
 
 
 def count_parameters(config: dict[str, Any], folder: str | Path | None = None) -> tuple[int | None, str]:
@@ -212,7 +238,7 @@ def load_shape(model: str) -> Shape:
 def plan(shape: Shape, weights: list[str], batches: list[int], contexts: list[int], kv_dtype: str = "bf16") -> list[dict[str, Any]]:
     rows = []
     for weight in weights:
-        weight_bytes = shape.parameters * WEIGHT_BYTES[weight]
+        weight_bytes = shape.weight_bytes(weight)
         for batch in batches:
             for context in contexts:
                 kv = shape.kv_bytes_per_token(kv_dtype) * batch * context
@@ -221,16 +247,20 @@ def plan(shape: Shape, weights: list[str], batches: list[int], contexts: list[in
     return rows
 
 
-def compare_with_engine(shape: Shape, usage: Any) -> list[dict[str, Any]]:
+def compare_with_engine(shape: Shape, usage: Any, quantization: str | None = None) -> list[dict[str, Any]]:
     """The plan beside what an engine reports it allocated (`Engine.memory()`), one row per quantity the
-    engine tells; ratio = engine / plan."""
+    engine tells; ratio = engine / plan. `quantization`: a LINEAR_BYTES method the weights were quantized
+    with (the engine then reports the unquantized rest's dtype as weights_dtype)."""
     rows = []
 
     def row(quantity: str, planned: float, reported: float) -> None:
         rows.append({"quantity": quantity, "planned_bytes": planned, "engine_bytes": reported, "ratio": reported / planned})
 
-    if usage.weights_bytes and usage.weights_dtype in WEIGHT_BYTES:
-        row(f"weights ({usage.weights_dtype})", shape.parameters * WEIGHT_BYTES[usage.weights_dtype], usage.weights_bytes)
+    if usage.weights_bytes and quantization in LINEAR_BYTES and usage.weights_dtype in WEIGHT_BYTES:
+        row(f"weights ({quantization}, rest {usage.weights_dtype})", shape.weight_bytes(quantization, usage.weights_dtype),
+            usage.weights_bytes)
+    elif usage.weights_bytes and usage.weights_dtype in WEIGHT_BYTES:
+        row(f"weights ({usage.weights_dtype})", shape.weight_bytes(usage.weights_dtype), usage.weights_bytes)
     if usage.kv_bytes_per_token and usage.kv_dtype in KV_BYTES:
         per_token = shape.kv_bytes_per_token(usage.kv_dtype)
         row(f"KV cache per token ({usage.kv_dtype})", per_token, usage.kv_bytes_per_token)

@@ -172,3 +172,28 @@ def test_planner_imports_and_counts_without_torch(tmp_path):
     from llmkit.planner import load_shape
 
     assert parameters == load_shape(str(folder)).parameters  # the meta-device count agrees
+
+
+# ---- quantization-aware plans --------------------------------------------------------------------------
+
+
+def test_linear_only_quantization_keeps_embeddings_and_norms_at_the_base_dtype():
+    llama = Shape.from_config(LLAMA3_8B)
+    rest = 128256 * 4096 * 2 + 4096 * (2 * 32 + 1)  # untied embeddings and head, norms
+    assert llama.unquantized_parameters == rest
+    fp8 = llama.weight_bytes("fp8-load") / 2**30
+    # an H200 measured vLLM's load-time fp8 at 8.49 GiB of weights (bf16: 14.96): all-fp8 would plan 7.48
+    assert 8.40 < fp8 < 8.49 and llama.weight_bytes("fp8") / 2**30 < 7.5
+    assert llama.weight_bytes("w4a16") == (llama.parameters - rest) * (0.5 + 2 / 128) + rest * 2
+    smol = Shape.from_config(SMOLLM2_135M)  # tied: the embeddings once
+    assert smol.weight_bytes("w8a8-int8", "bf16") == (134_515_008 - 49152 * 576 - 576 * 61) + (49152 * 576 + 576 * 61) * 2
+
+
+def test_plan_rows_take_quantization_methods_and_refuse_unknown_formats():
+    rows = plan(Shape.from_config(LLAMA3_8B), ["bf16", "w8a8-int8", "q8_0"], [1], [2048])
+    assert [r["weights"] for r in rows] == ["bf16", "w8a8-int8", "q8_0"]
+    assert rows[1]["weight_gib"] < rows[0]["weight_gib"]
+    from llmkit.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="unknown weight format 'int3'.*w8a8-int8"):
+        plan(Shape.from_config(LLAMA3_8B), ["int3"], [1], [2048])
