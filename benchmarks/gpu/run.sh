@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see benchmarks/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray
+# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|quantization|quantization-quality
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,5 +67,18 @@ case "${1:-}" in
     timeout 570 python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
     echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5
     ;;
-  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray" >&2; exit 2 ;;
+  quantization)
+    # Load-time fp8 against bf16 on a Llama-3-8B shape, through llmkit and vllm.LLM (four engine starts; on a cold
+    # machine pass PATHS=llmkit, then PATHS=vllm, in two calls).
+    timeout 570 python3 benchmarks/gpu/quantization.py --paths "${PATHS:-llmkit,vllm}" --out "$OUT/quantization_vllm${PATHS:+_$PATHS}.json" \
+      > "$OUT/quantization.log" 2>&1
+    echo "rc=$?"; grep -E '^\{' "$OUT/quantization.log"; grep -E "Error|Traceback" "$OUT/quantization.log" | head -5
+    ;;
+  quantization-quality)
+    # SmolLM2 bf16 against load-time fp8: held-out perplexity, greedy agreement, speed (the quantization report).
+    timeout 570 python3 -m llmkit.cli conformance quantize -r vllm:none -r vllm:load:fp8 -o vllm:max_model_len=2048 \
+      --out "$OUT/reports" > "$OUT/quantization-quality.txt" 2>&1
+    echo "rc=$?"; grep -E "^\| (row|vllm)" "$OUT/quantization-quality.txt"
+    ;;
+  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|quantization|quantization-quality" >&2; exit 2 ;;
 esac
