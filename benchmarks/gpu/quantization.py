@@ -149,7 +149,7 @@ def raw_vllm(folder: Path, quantization: str | None, tee: StdoutTee) -> dict:
         llm.llm_engine.engine_core.shutdown()  # the next engine needs the GPU memory back
     except AttributeError:
         pass
-    del llm
+    llm = None  # the last reference (generate's closure shares it)
     gc.collect()
     torch.cuda.empty_cache()
     return {"load_s": load_s, "weights_gib": tee.weights_gib(mark), "batch1_tpot_ms": tpot, "tokens_per_s_64": max(runs)}

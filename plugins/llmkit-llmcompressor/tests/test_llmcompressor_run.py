@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "instructio
 pytestmark = [
     pytest.mark.engine("vllm"),  # both tests on the vLLM worker: the quantized folder is made once
     pytest.mark.skipif(not DATA.exists(), reason="../shared/datasets absent"),
-    pytest.mark.skipif(not ENV.ready(), reason=f"llm-compressor's environment is not made: python -m llmkit_llmcompressor.env"),
+    pytest.mark.skipif(not ENV.ready(), reason="llm-compressor's environment is not made: python -m llmkit_llmcompressor.env"),
 ]
 
 
