@@ -152,6 +152,7 @@ class TuneResult(LLMKitModel):
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     seconds: float = 0.0
+    train_seconds: float | None = Field(None, description="The training loop's own time (loading, evaluation and saving excluded).")
     train_tokens: int | None = Field(None, description="Tokens of the training batches (padding excluded).")
     tokens_per_second: float | None = None
     peak_memory_bytes: int | None = None

@@ -50,6 +50,13 @@ TRAINING = Mapping(TuneJob, [
     "report_to": "none",
     "disable_tqdm": True,  # llmkit reports progress
     "dataloader_num_workers": 0,
+    # transformers' own defaults, written out because Unsloth's patched configs replace them when absent
+    # (unsloth/models/rl.py: adamw_8bit, eval_accumulation_steps=2, torch_empty_cache_steps=250).
+    "optim": "adamw_torch_fused",  # transformers' default with torch >= 2.8
+    "eval_accumulation_steps": None,
+    "torch_empty_cache_steps": None,
+    "logging_nan_inf_filter": True,
+    "include_num_input_tokens_seen": "no",
 })
 
 
@@ -76,7 +83,9 @@ def method_arguments(job: TuneJob) -> dict[str, Any]:
         g = job.grpo
         return {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
                 "temperature": g.temperature, "beta": g.beta, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-    return {"completion_only_loss": True}  # SFT: the loss is on the response, as in ch. 7's masked variant
+    # SFT: the loss is on the response, as in ch. 7's masked variant; one padded record per row (Unsloth would
+    # turn padding-free batching on by itself when it is not given).
+    return {"completion_only_loss": True, "packing": False, "padding_free": False}
 
 
 def training_arguments(job: TuneJob, device: str, precision: str) -> dict[str, Any]:

