@@ -29,6 +29,10 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(group))
         if config.getoption("loadgroup", False) and hasattr(item, "_id"):  # in an xdist worker (--dist loadgroup)
             _suffix_node_id(item, group)
+    if config.getoption("loadgroup", False):
+        # xdist sends the groups first (most tests first), then single tests in this order: the real-model ones
+        # first, so the run does not end on a long training run while the other worker waits (a 188 s tail).
+        items.sort(key=lambda item: item.get_closest_marker("smollm2") is None)
 
 
 def _suffix_node_id(item, group: str) -> None:
