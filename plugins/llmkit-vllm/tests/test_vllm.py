@@ -168,7 +168,7 @@ def test_per_request_lora_adapter(vllm_lora_engine, tmp_path):
 
 def test_capabilities_come_from_the_installed_vllm(vllm_engine, vllm_lora_engine):
     caps = vllm_engine.capabilities()
-    assert "fp8" in caps.quantization and caps.prefix_caching and caps.tensor_parallel and not caps.lora
+    assert "compressed-tensors" in caps.quantization and caps.prefix_caching and caps.tensor_parallel and not caps.lora
     assert vllm_lora_engine.capabilities().lora and not vllm_lora_engine.capabilities().supports("prompt_logprobs")
 
 

