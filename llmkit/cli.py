@@ -297,13 +297,13 @@ def plan(
 
 @app.command()
 def backends(check: bool = typer.Option(True, help="Import each backend's libraries to see whether they work here.")) -> None:
-    """List installed engine and tuner backends and whether they can run here, and plugins that failed to load."""
+    """List installed engine, tuner and quantizer backends and whether they can run here, and plugins that failed to load."""
     from rich.markup import escape
 
-    from llmkit.plugins import engines, plugin_failures, tuners
+    from llmkit.plugins import engines, plugin_failures, quantizers, tuners
 
     table = Table("backend", "kind", "plugin", "available", "reason / description")
-    for spec in [*engines().values(), *tuners().values()]:
+    for spec in [*engines().values(), *tuners().values(), *quantizers().values()]:
         ok, reason = spec.availability() if check else (None, "not checked")
         mark = "[green]yes[/]" if ok else ("[red]no[/]" if ok is False else "?")
         table.add_row(spec.name, spec.kind, spec.plugin, mark, escape(spec.description if ok else reason))

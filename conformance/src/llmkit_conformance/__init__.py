@@ -1,5 +1,5 @@
 """llmkit's conformance suite: check any registered backend against the interface, measure it, and
-recommend one. Adds `llmkit conformance run | tune | compare | matrix | parity` to the command line; the same
+recommend one. Adds `llmkit conformance run | tune | quantize | compare | matrix | parity` to the command line; the same
 checks run under pytest through `llmkit_conformance.pytest_plugin`."""
 
 from __future__ import annotations
@@ -72,6 +72,43 @@ def register_commands(app):
         console.print(md_path.read_text())
         console.print(f"reports: {json_path}, {md_path}")
         raise typer.Exit(1 if any(c["status"] != "passed" for c in report["checks"]) else 0)
+
+    @group.command("quantize")
+    def quantize_command(
+        row: list[str] = typer.Option(..., "--row", "-r", help="BACKEND:METHOD (none, an offline method such as q8_0 or "
+                                      "w8a8-int8, or load:METHOD); repeatable. A backend's first row is its baseline."),
+        model: str = typer.Option(llmkit.DEFAULT_MODEL, "--model", "-m"),
+        option: Optional[list[str]] = typer.Option(None, "--engine-option", "-o", help="BACKEND:KEY=VALUE, repeatable."),
+        artifact: Optional[list[str]] = typer.Option(None, "--artifact", help="ROW=PATH: measure this quantized file or "
+                                                     "folder instead of making it (e.g. vllm:w8a8-int8=./smollm2-w8a8)."),
+        calibration: Optional[Path] = typer.Option(None, help="Calibration data for the calibrated offline methods."),
+        samples: Optional[int] = typer.Option(None, help="Calibration records."),
+        max_seq_length: Optional[int] = typer.Option(None, help="Calibration tokens per record."),
+        workdir: Optional[Path] = typer.Option(None, help="Where quantized files are written (default: a temporary folder)."),
+        out: Path = typer.Option(DEFAULT_REPORTS / "quantization", help="Folder for the JSON, Markdown and HTML reports."),
+    ) -> None:
+        """Quantize one model several ways and measure each on its engine: size, memory, plan, perplexity, greedy
+        agreement with the engine's unquantized baseline, speed — one table, one run."""
+        import tempfile
+
+        from llmkit.config import parse_options as _parse_options
+        from llmkit_conformance.quantization import Row, run, write
+
+        rows = [Row.parse(text) for text in row]
+        options: dict[str, dict] = {}
+        for text in option or []:
+            backend, _, setting = text.partition(":")
+            options.setdefault(backend, {}).update(_parse_options([setting]))
+        artifacts = {label: Path(path) for label, _, path in (text.rpartition("=") for text in artifact or [])}
+        given = {"calibration": calibration, "calibration_samples": samples, "max_seq_length": max_seq_length}
+        with tempfile.TemporaryDirectory(prefix="llmkit-quantization-") as scratch:
+            report = run(model, rows, workdir=workdir or Path(scratch), options=options, artifacts=artifacts,
+                         quantize_options={k: v for k, v in given.items() if v is not None},
+                         on_progress=lambda message: console.print(f"[dim]{message}[/]"))
+        json_path, md_path, html_path = write(report, out)
+        console.print(md_path.read_text())
+        console.print(f"reports: {json_path}, {md_path}, {html_path}")
+        raise typer.Exit(1 if any("error" in r for r in report["rows"]) else 0)  # a refused row is a result
 
     @group.command("compare")
     def compare_command(
