@@ -65,8 +65,9 @@ def test_a_backend_without_a_report_says_so_until_one_is_committed():
     reports, pages_now = _generated()
     from llmkit_conformance.backend_pages import pages
 
-    assert "**Not verified: no conformance report**" in pages_now["sglang.md"]
+    assert "**Not verified: no conformance report**" in pages_now["tensorrt-llm.md"]
+    assert "Not verified" not in pages_now["sglang.md"] and "NVIDIA H100" in pages_now["sglang.md"]  # its GPU report
     report = copy.deepcopy(next(r for r in reports if r["backend"] == "vllm" and r["environment"]["device"] != "cpu"))
-    report["backend"] = "sglang"
-    page = pages([*reports, report], ROOT)["sglang.md"]
+    report["backend"] = "tensorrt-llm"
+    page = pages([*reports, report], ROOT)["tensorrt-llm.md"]
     assert "Not verified" not in page and "| quality_facts | ✓ passed |" in page and "NVIDIA H200" in page
