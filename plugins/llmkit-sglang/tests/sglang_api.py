@@ -45,6 +45,12 @@ ASYNC_GENERATE_ARGS = ("input_ids", "sampling_params", "return_logprob", "logpro
 SERVER_ARGS = {
     "model_path": None,  # required
     "tp_size": 1,
+    "pp_size": 1,
+    "dp_size": 1,
+    "nnodes": 1,
+    "enable_dp_attention": False,
+    "base_gpu_id": 0,
+    "gpu_id_step": 1,
     "quantization": None,
     "enable_lora": None,
     "max_lora_rank": None,

@@ -29,6 +29,12 @@ STEP_S = 0.004
 class ServerArgs:
     model_path: str
     tp_size: int = 1
+    pp_size: int = 1
+    dp_size: int = 1
+    nnodes: int = 1
+    enable_dp_attention: bool = False
+    base_gpu_id: int = 0
+    gpu_id_step: int = 1
     quantization: str | None = None
     enable_lora: bool | None = None
     max_lora_rank: int | None = None
@@ -148,8 +154,15 @@ class Engine:
             manager.rid_to_state.pop(rid, None)
 
 
+VISIBLE_GPUS = 1  # what torch.cuda.device_count() says under the stand-in: the machine it pretends to be
+
+
 def install(monkeypatch) -> None:
-    """Make `import sglang` (and the submodules the adapter imports) give the stand-in, for one test."""
+    """Make `import sglang` (and the submodules the adapter imports) give the stand-in, for one test, on a
+    machine with VISIBLE_GPUS GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: VISIBLE_GPUS)
     root = types.ModuleType("sglang")
     root.__version__ = "0.5.17-standin"
     srt = types.ModuleType("sglang.srt")

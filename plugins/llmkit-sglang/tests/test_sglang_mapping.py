@@ -14,6 +14,7 @@ import pytest
 import llmkit
 from llmkit import Choice, Grammar, JsonSchema, Regex, SamplingParams, greedy
 from llmkit.engine import EngineOptions
+from llmkit.errors import UnsupportedFeatureError
 from llmkit.kit.constraints import choice_regex
 from llmkit.kit.grammars import regex_gbnf
 from llmkit_sglang import mapping
@@ -267,3 +268,34 @@ def test_mapping_is_documented_row_by_row():
     assert {r["llmkit"] for r in rows} >= set(SamplingParams.model_fields)
     assert any(r["native"] == "max_new_tokens" for r in rows)
     assert mapping.SGLANG_VERSION == sglang_api.VERSION
+
+
+# ---- GPU layout: tp × pp × dp checked against the visible GPUs before SGLang starts ----------------------------
+
+@pytest.mark.parametrize("args, ids", [
+    ({}, [0]),
+    ({"tp_size": 2}, [0, 1]),
+    ({"tp_size": 2, "pp_size": 2}, [0, 1, 2, 3]),
+    ({"tp_size": 2, "dp_size": 2}, [0, 1, 2, 3]),
+    ({"tp_size": 2, "dp_size": 2, "enable_dp_attention": True}, [0, 1]),  # the replicas live inside the TP group
+    ({"tp_size": 2, "base_gpu_id": 1}, [1, 2]),
+    ({"tp_size": 2, "gpu_id_step": 2}, [0, 2]),
+])
+def test_gpu_ids_follow_sglangs_placement(args, ids):
+    assert mapping.gpu_ids(args) == ids
+
+
+def test_a_layout_beyond_the_visible_gpus_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(UnsupportedFeatureError) as refused:
+        mapping.check_gpu_layout({"tp_size": 2, "pp_size": 1, "dp_size": 1}, visible_gpus=1)
+    assert refused.value.backend == "sglang" and refused.value.feature == "2 GPUs on one machine"
+    assert "GPUs [0, 1], and 1 is visible (CUDA_VISIBLE_DEVICES=0)" in str(refused.value)
+    with pytest.raises(UnsupportedFeatureError, match=r"base_gpu_id=1\) puts schedulers on GPUs \[1\]"):
+        mapping.check_gpu_layout({"base_gpu_id": 1}, visible_gpus=1)  # one GPU, but not the one that exists
+
+
+def test_layouts_that_fit_or_span_machines_pass():
+    mapping.check_gpu_layout({"tp_size": 2}, visible_gpus=2)
+    mapping.check_gpu_layout({"tp_size": 2, "dp_size": 4, "enable_dp_attention": True}, visible_gpus=2)
+    mapping.check_gpu_layout({"tp_size": 8, "nnodes": 2}, visible_gpus=4)  # placed per node by SGLang

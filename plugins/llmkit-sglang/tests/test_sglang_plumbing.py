@@ -102,6 +102,20 @@ def test_refusals_come_before_the_engine(load):
     assert engine.engine.calls == []
 
 
+def test_more_gpus_than_the_machine_shows_are_refused_before_sglang_starts(load, monkeypatch):
+    started = []
+    original = sglang_standin.Engine.__init__
+    monkeypatch.setattr(sglang_standin.Engine, "__init__", lambda self, **kw: started.append(kw) or original(self, **kw))
+    with pytest.raises(llmkit.UnsupportedFeatureError, match=r"tp_size=2 × pp_size=1 × dp_size=1 puts schedulers on "
+                                                             r"GPUs \[0, 1\], and 1 is visible"):
+        load(tp_size=2)
+    with pytest.raises(llmkit.UnsupportedFeatureError, match="dp_size=2"):
+        load(dp_size=2)
+    assert started == []
+    load(dp_size=2, tp_size=1, enable_dp_attention=True).close()  # inside the one GPU's group: starts
+    assert started[0]["dp_size"] == 2 and started[0]["pp_size"] == 1
+
+
 def test_cancel_aborts_the_request_upstream(load):
     engine = load()
     manager = engine.engine.tokenizer_manager

@@ -64,6 +64,7 @@ from llmkit_sglang.mapping import (
     RANGES,
     SEED_LIMIT,
     DeltaReader,
+    check_gpu_layout,
     generate_kwargs,
     request_id,
     server_args,
@@ -82,6 +83,9 @@ class SGLangOptions(EngineOptions):
     model_config = ConfigDict(extra="allow")
 
     tp_size: StrictInt = Field(1, ge=1, description="Tensor parallelism: GPUs per model.")
+    pp_size: StrictInt = Field(1, ge=1, description="Pipeline parallelism: stages, each on tp_size GPUs.")
+    dp_size: StrictInt = Field(1, ge=1, description="Data parallelism: replicas of the model, each on tp_size × pp_size "
+                                                    "GPUs (within the tensor-parallel group with enable_dp_attention).")
     quantization: str | None = Field(None, description="Any method the installed SGLang lists (capabilities().quantization).")
     enable_lora: bool = Field(False, description="Per-request LoRA adapters (Request.lora); with no lora_paths SGLang "
                                                  "also needs max_lora_rank and lora_target_modules.")
@@ -151,6 +155,8 @@ class SGLangEngine(Engine):
         kwargs: dict[str, Any] = dict(
             model_path=hf_folder(self.model),
             tp_size=opts.tp_size,
+            pp_size=opts.pp_size,
+            dp_size=opts.dp_size,
             quantization=opts.quantization,
             enable_lora=opts.enable_lora or None,
             load_format=opts.load_format,
@@ -161,6 +167,9 @@ class SGLangEngine(Engine):
         )
         kwargs.update(portable)
         kwargs.update(extra)
+        import torch
+
+        check_gpu_layout(kwargs, torch.cuda.device_count())
         self._loop = LoopThread("sglang")
         # Before the processes exist: a scheduler that fails while loading SIGQUITs this process.
         _sigquit_guard.add(self)

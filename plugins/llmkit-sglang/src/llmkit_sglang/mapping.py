@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -305,3 +306,34 @@ class DeltaReader:
                 self.state.finish("stop", matched if isinstance(matched, (str, int)) else None)
         else:
             self.state.finish("length", None)
+
+
+def gpu_ids(args: dict[str, Any]) -> list[int]:
+    """The CUDA device ids SGLang 0.5.17 puts its schedulers on, on a one-node deployment: for each data-parallel
+    replica (one group where `enable_dp_attention` puts the replicas inside the tensor-parallel group) a block of
+    tp_size × pp_size devices from `base_gpu_id`; inside it rank (pp, tp) takes pp × tp_size + tp × gpu_id_step
+    (entrypoints/engine.py `_launch_scheduler_processes`, managers/data_parallel_controller.py)."""
+    tp, pp, dp = (int(args.get(k) or 1) for k in ("tp_size", "pp_size", "dp_size"))
+    base, step = int(args.get("base_gpu_id") or 0), int(args.get("gpu_id_step") or 1)
+    replicas = 1 if args.get("enable_dp_attention") else dp
+    return sorted({base + replica * tp * pp * step + p * tp + t * step
+                   for replica in range(replicas) for p in range(pp) for t in range(tp)})
+
+
+def check_gpu_layout(args: dict[str, Any], visible_gpus: int) -> None:
+    """Refuse, before SGLang starts a process, a layout that needs a GPU this machine does not show (SGLang
+    would fail later in a scheduler process, on an invalid device ordinal). Multi-node layouts (`nnodes` > 1)
+    are placed per node by SGLang and not checked here."""
+    if int(args.get("nnodes") or 1) != 1:
+        return
+    ids = gpu_ids(args)
+    if ids[-1] < visible_gpus:
+        return
+    layout = " × ".join(f"{k}={int(args.get(k) or 1)}" for k in ("tp_size", "pp_size", "dp_size"))
+    placement = ", ".join(f"{k}={args[k]}" for k in ("base_gpu_id", "gpu_id_step", "enable_dp_attention") if args.get(k))
+    restricted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise UnsupportedFeatureError(
+        "sglang", f"{len(ids)} GPUs on one machine",
+        f"{layout}{' (' + placement + ')' if placement else ''} puts schedulers on GPUs {ids}, and {visible_gpus} "
+        f"{'is' if visible_gpus == 1 else 'are'} visible" + (f" (CUDA_VISIBLE_DEVICES={restricted})" if restricted is not None else "")
+        + "; to span machines, give nnodes, node_rank and dist_init_addr (SGLang's multi-node mode)")
