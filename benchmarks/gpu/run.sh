@@ -64,8 +64,10 @@ case "${1:-}" in
     echo "rc=$?"; grep -E '^\{' "$OUT/tp.log"; grep -E "Error|Traceback" "$OUT/tp.log" | head -5
     ;;
   tp-ray)
-    timeout 570 python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
-    echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5
+    # SETUPS=tp2,tp2-ray compares the executors in one run; QUICK=1: one run at 64 concurrent (short device time)
+    timeout "${LIMIT:-570}" python3 benchmarks/gpu/tensor_parallel.py --setups "${SETUPS:-tp2-ray}" ${QUICK:+--quick} \
+      --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
+    echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5; tail -3 "$OUT/tp-ray.log" | cut -c1-300
     ;;
   quantization)
     # Load-time fp8 against bf16 on a Llama-3-8B shape, through llmkit and vllm.LLM (four engine starts; on a cold

@@ -37,7 +37,8 @@ def gpu_memory_mib() -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
-def measure(setup: str, folder: Path, prompt_len: int, out_len: int) -> dict:
+def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tuple[int, ...] = (64, 256),
+            repeats: int = 2) -> dict:
     import llmkit
     from llmkit.planner import Shape, WEIGHT_BYTES
 
@@ -70,8 +71,8 @@ def measure(setup: str, folder: Path, prompt_len: int, out_len: int) -> dict:
         completion = engine.generate(prompt(), params)[0]
         tpots.append(completion.metrics.tpot(completion.usage.completion_tokens))
     throughput = {}
-    for n in (64, 256):
-        runs = [asyncio.run(batch(n)) for _ in range(2)]
+    for n in batches:
+        runs = [asyncio.run(batch(n)) for _ in range(repeats)]
         throughput[n] = max(tokens / seconds for seconds, tokens in runs)
     shape = Shape.from_config(LLAMA_8B)
     usage = engine.memory()
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--output", type=int, default=256)
+    parser.add_argument("--quick", action="store_true", help="one run at 64 concurrent only (short device time)")
     args = parser.parse_args()
     folder = Path("/tmp/llama8b-shape")
     folder.mkdir(exist_ok=True)
@@ -110,7 +112,8 @@ def main() -> None:
     rows = []
     for setup in args.setups.split(","):
         try:
-            rows.append(measure(setup, folder, args.prompt, args.output))
+            quick = {"batches": (64,), "repeats": 1} if args.quick else {}
+            rows.append(measure(setup, folder, args.prompt, args.output, **quick))
         except Exception as exc:  # noqa: BLE001 - one set-up failing is a result too
             rows.append({"setup": setup, "error": f"{type(exc).__name__}: {exc}"})
         print(json.dumps(rows[-1]), flush=True)
