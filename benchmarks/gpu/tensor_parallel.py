@@ -53,6 +53,7 @@ def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tu
     start = time.perf_counter()
     engine = llmkit.load("vllm", str(folder), **options)
     load_s = time.perf_counter() - start
+    print(f"# {setup}: llmkit.load returned after {load_s:.0f} s", flush=True)
     rng = random.Random(tp)
 
     def prompt() -> llmkit.Request:
@@ -60,6 +61,7 @@ def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tu
 
     params = llmkit.greedy(max_tokens=out_len, ignore_eos=True)
     engine.generate([prompt() for _ in range(4)], params)  # warm-up
+    print(f"# {setup}: warm-up done", flush=True)
 
     async def batch(n: int) -> tuple[float, int]:
         t0 = time.perf_counter()
