@@ -9,7 +9,7 @@ CHEAP = "greedy_repeatable or max_tokens_exact or prefix_cache"
 
 
 def test_suite_runs_against_the_named_backend(pytester, tiny_model_dir):
-    result = pytester.runpytest_subprocess(
+    result = pytester.runpytest_inprocess(
         "--pyargs", "llmkit_conformance.suite", "--llmkit-backend", "transformers", "--llmkit-model", tiny_model_dir,
         "--llmkit-option", "max_batch_size=4", "-k", CHEAP, "-p", "no:cacheprovider",
     )
@@ -17,7 +17,7 @@ def test_suite_runs_against_the_named_backend(pytester, tiny_model_dir):
 
 
 def test_suite_skips_without_a_backend(pytester):
-    result = pytester.runpytest_subprocess("--pyargs", "llmkit_conformance.suite", "-k", CHEAP, "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("--pyargs", "llmkit_conformance.suite", "-k", CHEAP, "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=3)
 
 
@@ -34,6 +34,6 @@ def test_conformance_tests_hold_a_plugin_to_its_expectations(pytester, tiny_mode
         test_right = conformance_tests("engine", expected={{"prefix_cache": "unsupported"}}, checks=["prefix_cache", "seed"])
         test_wrong = conformance_tests("engine", checks=["prefix_cache"])  # expects "passed": the engine has no cache
     """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*prefix_cache: unsupported, expected passed*"])
