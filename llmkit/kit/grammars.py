@@ -342,7 +342,7 @@ class _Renderer:
 
     def grammar(self, node: tuple) -> str:
         body, _ = self.text(node)
-        if node[0] == "alt":
+        if node[0] == "alt" and body.endswith(" )"):
             body = body[1:-1].strip()
         rules = [f"{name} ::= {text}" for text, name in self.classes.items()]
         return "\n".join([f"root ::= {body}", *rules]) + "\n"
@@ -362,10 +362,19 @@ class _Renderer:
                 return '""', True
             return " ".join(self.text(part)[0] for part in node[1]), False
         if kind == "alt":
-            return "( " + " | ".join(self.text(part)[0] for part in node[1]) + " )", True
+            # An empty branch becomes `?` on the others: llama.cpp cannot parse `( "" | "a" )*`.
+            branches = [part for part in node[1] if not _matches_only_empty(part)]
+            if not branches:
+                return '""', True
+            group = "( " + " | ".join(self.text(part)[0] for part in branches) + " )"
+            return (group, True) if len(branches) == len(node[1]) else (group + "?", False)
         _, body, lo, hi = node
         text, atom = self.text(body)
         return (text if atom else f"( {text} )") + _quantifier(lo, hi), False
+
+
+def _matches_only_empty(node: tuple) -> bool:
+    return (node[0] == "seq" and not node[1]) or (node[0] == "lit" and node[1] == "")
 
 
 def _quantifier(lo: int, hi: int | None) -> str:
