@@ -202,9 +202,10 @@ def repair_tokenizer_files(folder: Path, metadata: dict) -> list[str]:
 
     transformers 5.12.1's GGUF converter (SGLang's kit pins it) writes a byte-level BPE vocabulary with a
     SentencePiece-style decoder (ByteFallback, Fuse, Replace "▁", then ByteLevel) and SmolLM2's eos as
-    <|im_start|> (and asks for WordPiece's clean-up of spaces). Text still decodes, but grammar engines read the decoder to classify the vocabulary: xgrammar
-    took it for byte-fallback, so no token could produce a space or a non-ASCII character, and SGLang aborted
-    every constrained request whose text needed one (2026-11-28, H100). Returns what was changed."""
+    <|im_start|> (and asks for WordPiece's clean-up of spaces). Text still decodes, but grammar engines read
+    the decoder to classify the vocabulary: xgrammar 0.2.1 took it for byte-fallback, so no token could produce
+    a space or a non-ASCII character, and SGLang aborted every constrained request whose text needed one
+    (2026-11-28, H100). Returns what was changed."""
     changes: list[str] = []
     tokenizer_json = folder / "tokenizer.json"
     spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
