@@ -103,7 +103,7 @@ def _performance(cols: list[str], reports: list[dict[str, Any]]) -> list[str]:
         return []
     return ["", "Key figures from the same runs (client-side, greedy; definitions in [the suite](../conformance.md)):", "",
             "| report | prompt / output tokens | TTFT p50 ms | TPOT p50 ms | best output tok/s at concurrency | "
-            "long shared prefix: TTFT cold → warm ms | held-out perplexity | weights | peak RSS MiB |",
+            "long shared prefix: TTFT cold → warm ms | held-out perplexity | weights | peak RSS of the calling process (engine child processes not counted), MiB |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
 
 
