@@ -1,7 +1,11 @@
-"""Load-time FP8 against bf16 on vLLM, through llmkit and through vLLM directly, in one process, one run.
+"""Load-time FP8 and W4A16 against bf16 on vLLM, through llmkit and through vLLM directly, in one process, one run.
 
 Memory and speed on a Llama-3-8B shape with random weights (`load_format="dummy"`, `skip_tokenizer_init=True`,
-token-id prompts: no hub, no tokenizer), for each of bf16 and `quantization="fp8"`:
+token-id prompts: no hub, no tokenizer), for each of `--methods` (default bf16, load-time `quantization="fp8"`
+and W4A16): W4A16 is a checkpoint that declares itself quantized, as llm-compressor writes it (compressed-tensors
+`pack-quantized`, int4 symmetric groups of 128 on every Linear but lm_head), so the folder's config.json carries
+that `quantization_config` and vLLM's dummy loader fills its scales at random (the packed int32 weights keep
+whatever memory held: values do not matter for memory or speed). No llm-compressor is needed on the GPU.
 - weights GiB: vLLM's own "Model loading took X GiB" (the worker's model_memory_usage, read from its log:
   llmkit's vLLM adapter does not report weights), beside `llmkit plan`'s prediction (bf16; fp8 on the Linear
   layers with embeddings and lm_head at bf16: LINEAR_BYTES["fp8-load"]);
@@ -44,6 +48,16 @@ LLAMA_8B = {
 ENGINE = dict(max_model_len=4096, gpu_memory_utilization=0.85, max_num_seqs=256)
 LOADED = re.compile(r"Model loading took ([\d.]+) GiB")
 TOKEN_IDS = range(3, 128000)  # prompt token ids drawn from here (the shape's vocabulary)
+# compressed-tensors 0.19's W4A16 preset as llm-compressor 0.14 saves it (config.json's quantization_config)
+W4A16_CONFIG = {
+    "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+    "ignore": ["lm_head"],
+    "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None, "output_activations": None,
+                                  "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                                              "group_size": 128, "dynamic": False, "actorder": None, "observer": "minmax"}}},
+}
+# --methods → (the folder's quantization_config, llmkit's / vLLM's `quantization` argument, the planner's format)
+METHODS = {"none": (None, None, "bf16"), "fp8": (None, "fp8", "fp8-load"), "w4a16": (W4A16_CONFIG, None, "w4a16")}
 
 
 class StdoutTee:
@@ -161,14 +175,12 @@ def main() -> None:
     parser.add_argument("--paths", default="llmkit,vllm", help="llmkit (llmkit.load), vllm (vllm.LLM directly), or both.")
     parser.add_argument("--quality", action="store_true", help="Also write the SmolLM2 quantization report.")
     parser.add_argument("--config", type=Path, help="Another model shape's config.json (e.g. a small one for a dry run).")
+    parser.add_argument("--methods", default="none,fp8,w4a16", help=f"Comma-separated, of {', '.join(METHODS)}.")
     args = parser.parse_args()
     tee = StdoutTee()
     config = json.loads(args.config.read_text()) if args.config else LLAMA_8B
     global TOKEN_IDS
     TOKEN_IDS = range(3, min(128000, config["vocab_size"]))
-    folder = Path("/tmp/quantization-shape")
-    folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
     import torch
     import vllm
 
@@ -176,12 +188,18 @@ def main() -> None:
 
     shape = Shape.from_config(config)
     rows = []
-    for quantization in (None, "fp8"):
+    for method in args.methods.split(","):
+        checkpoint_quantization, quantization, planned = METHODS[method]
+        folder = Path(f"/tmp/quantization-shape-{method}-{os.getpid()}")  # two runs side by side do not share it
+        folder.mkdir(exist_ok=True)
+        declared = {"quantization_config": checkpoint_quantization} if checkpoint_quantization else {}
+        (folder / "config.json").write_text(json.dumps({**config, **declared}))
         measures = {"llmkit": through_llmkit, "vllm": raw_vllm}
         for path in args.paths.split(","):
             measure = measures[path]
-            row = {"path": path, "quantization": quantization or "none (bf16)",
-                   "planned_weights_gib": shape.weight_bytes("fp8-load" if quantization else "bf16") / 2**30}
+            row = {"path": path, "quantization": {"none": "none (bf16)", "fp8": "fp8 (load-time)",
+                                                  "w4a16": "w4a16 (compressed-tensors checkpoint)"}[method],
+                   "planned_weights_gib": shape.weight_bytes(planned) / 2**30}
             try:
                 row.update(measure(folder, quantization, tee))
             except Exception as exc:  # noqa: BLE001 - one set-up failing is a result too

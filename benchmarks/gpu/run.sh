@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see benchmarks/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|quantization|quantization-quality
+# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|ray-tp4|quantization|quantization-pair|quantization-quality
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -69,6 +69,19 @@ case "${1:-}" in
       --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
     echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5; tail -3 "$OUT/tp-ray.log" | cut -c1-300
     ;;
+  ray-tp4)
+    # Four GPUs, one call: Ray TP=2 on GPUs 0-1 through vLLM 0.26's older executor (RayDistributedExecutor, Ray
+    # compiled graphs: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0; the default RayExecutorV2 stalled on 2x H100, see
+    # DEVELOPERS.md), eager to save start-up time; then TP=4 (mp executor, compiled + graphs) on all four.
+    CUDA_VISIBLE_DEVICES=0,1 VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0 RAY_DEDUP_LOGS=0 VLLM_RINGBUFFER_WARNING_INTERVAL=10 \
+      timeout "${RAY_LIMIT:-150}" python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --quick \
+      --engine-options '{"enforce_eager": true}' --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
+    echo "ray rc=$?"; grep -E '^\{|^# ' "$OUT/tp-ray.log" | cut -c1-600; tail -3 "$OUT/tp-ray.log" | cut -c1-300
+    python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1; pkill -9 -f 'ray::|raylet|gcs_server' 2>/dev/null; sleep 3
+    timeout "${TP4_LIMIT:-240}" python3 benchmarks/gpu/tensor_parallel.py --setups tp4 --quick \
+      --out "$OUT/tensor_parallel_tp4.json" > "$OUT/tp4.log" 2>&1
+    echo "tp4 rc=$?"; grep -E '^\{|^# ' "$OUT/tp4.log" | cut -c1-600; grep -E "Error|Traceback" "$OUT/tp4.log" | head -5
+    ;;
   quantization)
     # Load-time fp8 against bf16 on a Llama-3-8B shape, through llmkit and vllm.LLM (four engine starts; on a cold
     # machine pass PATHS=llmkit, then PATHS=vllm, in two calls).
@@ -76,11 +89,22 @@ case "${1:-}" in
       > "$OUT/quantization.log" 2>&1
     echo "rc=$?"; grep -E '^\{' "$OUT/quantization.log"; grep -E "Error|Traceback" "$OUT/quantization.log" | head -5
     ;;
+  quantization-pair)
+    # Two GPUs, at once: vllm.LLM directly on the first, llmkit on the second, each through METHODS (default
+    # none,fp8,w4a16): three engine starts per GPU instead of six on one. The host's 32 cores are shared.
+    for gpu_path in 0:vllm 1:llmkit; do
+      gpu=${gpu_path%%:*} path=${gpu_path#*:}
+      CUDA_VISIBLE_DEVICES=$gpu timeout "${LIMIT:-570}" python3 benchmarks/gpu/quantization.py --paths "$path" \
+        --methods "${METHODS:-none,fp8,w4a16}" --out "$OUT/quantization_vllm_$path.json" > "$OUT/quantization-$path.log" 2>&1 &
+    done
+    wait
+    grep -hE '^\{' "$OUT"/quantization-*.log | cut -c1-400; grep -hE "Error|Traceback" "$OUT"/quantization-*.log | head -8
+    ;;
   quantization-quality)
     # SmolLM2 bf16 against load-time fp8: held-out perplexity, greedy agreement, speed (the quantization report).
     timeout 570 python3 -m llmkit.cli conformance quantize -r vllm:none -r vllm:load:fp8 -o vllm:max_model_len=2048 \
       --out "$OUT/reports" > "$OUT/quantization-quality.txt" 2>&1
     echo "rc=$?"; grep -E "^\| (row|vllm)" "$OUT/quantization-quality.txt"
     ;;
-  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|quantization|quantization-quality" >&2; exit 2 ;;
+  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|ray-tp4|quantization|quantization-pair|quantization-quality" >&2; exit 2 ;;
 esac

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import time
@@ -29,7 +30,7 @@ LLAMA_8B = {
     "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
     "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
 }
-SETUPS = {"tp1": (1, None), "tp2": (2, None), "tp2-ray": (2, "ray")}
+SETUPS = {"tp1": (1, None), "tp2": (2, None), "tp4": (4, None), "tp2-ray": (2, "ray")}
 
 
 def gpu_memory_mib() -> list[int]:
@@ -38,7 +39,7 @@ def gpu_memory_mib() -> list[int]:
 
 
 def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tuple[int, ...] = (64, 256),
-            repeats: int = 2) -> dict:
+            repeats: int = 2, extra: dict | None = None) -> dict:
     import llmkit
     from llmkit.planner import Shape, WEIGHT_BYTES
 
@@ -49,6 +50,7 @@ def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tu
         options["compilation_config"] = {"pass_config": {"fuse_allreduce_rms": False}}
     if backend:
         options["distributed_executor_backend"] = backend
+    options.update(extra or {})
     before = gpu_memory_mib()
     start = time.perf_counter()
     engine = llmkit.load("vllm", str(folder), **options)
@@ -81,6 +83,7 @@ def measure(setup: str, folder: Path, prompt_len: int, out_len: int, batches: tu
     in_use = gpu_memory_mib()
     result = {
         "setup": setup, "tensor_parallel_size": tp, "executor": backend or "mp", "load_s": load_s,
+        "engine_options": extra or {}, "vllm_env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "RAY_"))},
         "batch1_tpot_ms": sorted(tpots)[1] * 1000,
         "tokens_per_s": {str(k): v for k, v in throughput.items()},
         "memory": {
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--output", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="one run at 64 concurrent only (short device time)")
+    parser.add_argument("--engine-options", type=json.loads, default={},
+                        help='more vLLM engine options for every set-up, as JSON (e.g. \'{"enforce_eager": true}\')')
     args = parser.parse_args()
     folder = Path("/tmp/llama8b-shape")
     folder.mkdir(exist_ok=True)
@@ -115,7 +120,7 @@ def main() -> None:
     for setup in args.setups.split(","):
         try:
             quick = {"batches": (64,), "repeats": 1} if args.quick else {}
-            rows.append(measure(setup, folder, args.prompt, args.output, **quick))
+            rows.append(measure(setup, folder, args.prompt, args.output, extra=args.engine_options, **quick))
         except Exception as exc:  # noqa: BLE001 - one set-up failing is a result too
             rows.append({"setup": setup, "error": f"{type(exc).__name__}: {exc}"})
         print(json.dumps(rows[-1]), flush=True)
