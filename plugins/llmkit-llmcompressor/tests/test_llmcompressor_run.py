@@ -49,3 +49,15 @@ def test_vllm_serves_it(quantized):
         assert engine.weights().quantization == "compressed-tensors"
         completions = engine.generate(["Hello there", "The end"], llmkit.greedy(max_tokens=8, ignore_eos=True))
     assert [len(c.token_ids) for c in completions] == [8, 8]
+
+
+def test_transformers_serves_it_and_says_it_is_quantized(quantized):
+    """transformers reads compressed-tensors checkpoints too; the engine names the checkpoint's own method
+    (it reported float32 and no quantization before: a W4A16 report row looked unquantized)."""
+    pytest.importorskip("compressed_tensors")
+    out, _ = quantized
+    with llmkit.load("transformers", str(out), device="cpu") as engine:
+        weights = engine.weights()
+        completions = engine.generate(["Hello there"], llmkit.greedy(max_tokens=4, ignore_eos=True))
+    assert (weights.quantization, weights.dtype) == ("compressed-tensors", "compressed-tensors")
+    assert len(completions[0].token_ids) == 4

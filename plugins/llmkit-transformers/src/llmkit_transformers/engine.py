@@ -81,6 +81,14 @@ def check_quantization(quant: Quantization, device: str) -> None:
                                       "llmkit.quantize and load the result")
 
 
+def checkpoint_quantization(config: Any) -> str | None:
+    """The method a loaded checkpoint declares in its config (`quantization_config.quant_method`: a dict when read
+    from config.json, a transformers QuantizationConfig once loaded, whose method is a str enum), else None."""
+    declared = getattr(config, "quantization_config", None)
+    method = declared.get("quant_method") if isinstance(declared, dict) else getattr(declared, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
+
+
 def quantize_weights(model: Any, quant: Quantization) -> None:
     """torchao's weight-only quantization of every Linear layer, in place."""
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
@@ -219,11 +227,15 @@ class TransformersEngine(Engine):
         return self.encoder.special_tokens(self._eos_ids)
 
     def _weights(self) -> WeightsInfo:
-        dtype = self.options.quantization.method if self.options.quantization is not None else dtype_name(next(self.hf_model.parameters()).dtype)
         from llmkit.planner import WEIGHT_BITS
 
+        if self.options.quantization is not None:
+            quantization = self.options.quantization.method
+        else:  # a checkpoint that declares its own (compressed-tensors, GPTQ...), as vLLM's adapter reports it
+            quantization = checkpoint_quantization(self.hf_model.config)
+        dtype = quantization or dtype_name(next(self.hf_model.parameters()).dtype)
         return WeightsInfo(format="safetensors", dtype=dtype, bits=WEIGHT_BITS.get(dtype), kv_cache_dtype=dtype_name(self.hf_model.dtype),
-                           quantization=self.options.quantization.method if self.options.quantization else None, source=str(self._path))
+                           quantization=quantization, source=str(self._path))
 
     def _memory(self) -> MemoryUsage:
         return self._worker.call(self._measure_memory)
