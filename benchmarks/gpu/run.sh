@@ -83,7 +83,7 @@ case "${1:-}" in
     echo "tp4 rc=$?"; grep -E '^\{|^# ' "$OUT/tp4.log" | cut -c1-600; grep -E "Error|Traceback" "$OUT/tp4.log" | head -5
     ;;
   quantization)
-    # Load-time fp8 against bf16 on a Llama-3-8B shape, through llmkit and vllm.LLM (four engine starts; on a cold
+    # bf16, load-time fp8 and W4A16 on a Llama-3-8B shape, through llmkit and vllm.LLM (six engine starts; on a cold
     # machine pass PATHS=llmkit, then PATHS=vllm, in two calls).
     timeout 570 python3 benchmarks/gpu/quantization.py --paths "${PATHS:-llmkit,vllm}" --out "$OUT/quantization_vllm${PATHS:+_$PATHS}.json" \
       > "$OUT/quantization.log" 2>&1
