@@ -56,8 +56,10 @@ W4A16_CONFIG = {
                                   "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
                                               "group_size": 128, "dynamic": False, "actorder": None, "observer": "minmax"}}},
 }
-# --methods → (the folder's quantization_config, llmkit's / vLLM's `quantization` argument, the planner's format)
-METHODS = {"none": (None, None, "bf16"), "fp8": (None, "fp8", "fp8-load"), "w4a16": (W4A16_CONFIG, None, "w4a16")}
+# --methods → (the row's label, the folder's quantization_config, llmkit's / vLLM's `quantization` argument,
+# the planner's format)
+METHODS = {"none": ("none (bf16)", None, None, "bf16"), "fp8": ("fp8 (load-time)", None, "fp8", "fp8-load"),
+           "w4a16": ("w4a16 (compressed-tensors checkpoint)", W4A16_CONFIG, None, "w4a16")}
 
 
 class StdoutTee:
@@ -189,7 +191,7 @@ def main() -> None:
     shape = Shape.from_config(config)
     rows = []
     for method in args.methods.split(","):
-        checkpoint_quantization, quantization, planned = METHODS[method]
+        label, checkpoint_quantization, quantization, planned = METHODS[method]
         folder = Path(f"/tmp/quantization-shape-{method}-{os.getpid()}")  # two runs side by side do not share it
         folder.mkdir(exist_ok=True)
         declared = {"quantization_config": checkpoint_quantization} if checkpoint_quantization else {}
@@ -197,9 +199,7 @@ def main() -> None:
         measures = {"llmkit": through_llmkit, "vllm": raw_vllm}
         for path in args.paths.split(","):
             measure = measures[path]
-            row = {"path": path, "quantization": {"none": "none (bf16)", "fp8": "fp8 (load-time)",
-                                                  "w4a16": "w4a16 (compressed-tensors checkpoint)"}[method],
-                   "planned_weights_gib": shape.weight_bytes(planned) / 2**30}
+            row = {"path": path, "quantization": label, "planned_weights_gib": shape.weight_bytes(planned) / 2**30}
             try:
                 row.update(measure(folder, quantization, tee))
             except Exception as exc:  # noqa: BLE001 - one set-up failing is a result too

@@ -74,7 +74,7 @@ case "${1:-}" in
     # compiled graphs: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0; the default RayExecutorV2 stalled on 2x H100, see
     # DEVELOPERS.md), eager to save start-up time; then TP=4 (mp executor, compiled + graphs) on all four.
     CUDA_VISIBLE_DEVICES=0,1 VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0 RAY_DEDUP_LOGS=0 VLLM_RINGBUFFER_WARNING_INTERVAL=10 \
-      timeout "${RAY_LIMIT:-150}" python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --quick \
+      timeout "${TP_RAY_LIMIT:-150}" python3 benchmarks/gpu/tensor_parallel.py --setups tp2-ray --quick \
       --engine-options '{"enforce_eager": true}' --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
     echo "ray rc=$?"; grep -E '^\{|^# ' "$OUT/tp-ray.log" | cut -c1-600; tail -3 "$OUT/tp-ray.log" | cut -c1-300
     python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1; pkill -9 -f 'ray::|raylet|gcs_server' 2>/dev/null; sleep 3
