@@ -11,10 +11,12 @@
 #                carried too): unpack, install, check the import, convert SmolLM2 once, run the CPU tests
 #   test         the adapter's tests with the session engine: SGLang's API as mapped, every conformance check,
 #                seeds, logprobs, radix cache, upstream errors, cancellation (plus the CPU tests again)
+#   both         test on GPU 0 and more on GPU 1 at once (a two-GPU machine: one call instead of two)
 #   more         engines of their own (LoRA, close with requests in flight, engine death) and the concurrency
 #                tests (threads, asyncio loops, cancellation, timeouts)
 #   conformance  llmkit conformance run -b sglang on SmolLM2: report under $OUT/reports
 #   bench        benchmarks/gpu/sglang_overhead.py: llmkit vs raw sglang.Engine, $OUT/sglang_overhead.json
+#   tp           benchmarks/gpu/sglang_tp2.py: tp_size=2, then 1, on a Llama-3-8B shape (two GPUs), $OUT/sglang_tp*.json
 #   probe        benchmarks/gpu/sglang_constraint_probe.py: choice constraints greedy / sampled, ebnf / regex
 # The machine is given back after 30 minutes held: install, then the other steps in back-to-back calls.
 set -uo pipefail
@@ -57,8 +59,10 @@ step_install() {
 }
 
 step_test() {
+  # SIGABRT at the limit: Python's faulthandler (-X faulthandler, on until exit) prints every thread's stack,
+  # so a hang after the last test (at interpreter exit, which faulthandler_timeout does not cover) shows where.
   check_site
-  timeout 560 python3 -m pytest plugins/llmkit-sglang/tests --ignore=plugins/llmkit-sglang/tests/test_sglang_concurrency.py \
+  timeout -s ABRT -k 20 "${LIMIT:-560}" python3 -X faulthandler -m pytest plugins/llmkit-sglang/tests --ignore=plugins/llmkit-sglang/tests/test_sglang_concurrency.py \
     --ignore=plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
     -q -p no:cacheprovider -rA -o faulthandler_timeout=150 --junitxml="$OUT/sglang-tests.xml" > "$OUT/sglang-tests.txt" 2>&1
   echo "pytest rc=$?"
@@ -67,11 +71,21 @@ step_test() {
 
 step_more() {
   check_site
-  timeout 560 python3 -m pytest plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
+  timeout -s ABRT -k 20 "${LIMIT:-560}" python3 -X faulthandler -m pytest plugins/llmkit-sglang/tests/test_sglang_lifecycle.py \
     plugins/llmkit-sglang/tests/test_sglang_concurrency.py -q -p no:cacheprovider -rA \
     -o faulthandler_timeout=150 --junitxml="$OUT/sglang-more.xml" > "$OUT/sglang-more.txt" 2>&1
   echo "pytest rc=$?"
   grep -E "passed|failed|^FAILED|^ERROR|^E " "$OUT/sglang-more.txt" | tail -25
+}
+
+step_both() {
+  check_site
+  (CUDA_VISIBLE_DEVICES=0 LIMIT=540 step_test > "$OUT/step-test.txt" 2>&1) &
+  sleep 20  # the two first engines do not start in the same second (ports, compile caches)
+  (CUDA_VISIBLE_DEVICES=1 LIMIT=530 step_more > "$OUT/step-more.txt" 2>&1)
+  wait
+  cat "$OUT/step-test.txt" "$OUT/step-more.txt"
+  (cd "$OUT" && tar czf tests.tgz sglang-*.txt sglang-*.xml 2>/dev/null)
 }
 
 step_conformance() {
@@ -82,6 +96,15 @@ step_conformance() {
   echo "conformance rc=$?"
   grep -hE "passed,|FAILED|failed|TTFT|TPOT|Long shared|perplexity|\\| (weights|KV|device)" "$OUT/conformance-sglang.txt" | head -30
   (cd "$OUT" && tar czf reports.tgz reports)  # report names hold '=', which the device tool does not bring back
+}
+
+step_tp() {
+  check_site
+  for tp in 2 1; do
+    PYTHONPATH=$PYTHONPATH:$root/benchmarks/gpu timeout -s ABRT 280 python3 -X faulthandler benchmarks/gpu/sglang_tp2.py \
+      --tp $tp --out "$OUT/sglang_tp$tp.json" > "$OUT/sglang_tp$tp.log" 2>&1
+    echo "tp=$tp rc=$?"; grep -E "loaded|streams|Error" "$OUT/sglang_tp$tp.log" | tail -6
+  done
 }
 
 step_probe() {
@@ -101,8 +124,10 @@ case "${1:-}" in
   install) step_install ;;
   test) step_test ;;
   more) step_more ;;
+  both) step_both ;;
   conformance) step_conformance ;;
   bench) step_bench ;;
+  tp) step_tp ;;
   probe) step_probe ;;
-  *) echo "usage: run_sglang.sh install|test|more|conformance|bench|probe" >&2; exit 2 ;;
+  *) echo "usage: run_sglang.sh install|test|more|both|conformance|bench|tp|probe" >&2; exit 2 ;;
 esac

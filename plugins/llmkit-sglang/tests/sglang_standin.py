@@ -15,6 +15,7 @@ import atexit
 import dataclasses
 import subprocess
 import sys
+import tempfile
 import types
 from typing import Any
 
@@ -83,6 +84,23 @@ class _TokenizerManager:
         self.rid_to_state: dict[str, bool] = {}
         self.aborted: list[str] = []
         self._subprocess_watchdog = _Watchdog()
+        self._init_ipc_channels()
+        self._result_dispatcher = [self.abort_request]  # upstream's TypeBasedDispatcher: a reference cycle
+
+    def _init_ipc_channels(self) -> None:
+        """Sockets as upstream's `init_ipc_channels` makes them (an asyncio context of its own, both bound),
+        where pyzmq is installed."""
+        try:
+            import zmq
+            import zmq.asyncio
+        except ImportError:
+            return
+        context = zmq.asyncio.Context(2)
+        self.ipc_dir = tempfile.mkdtemp(prefix="sglang-standin-")
+        self.recv_from_detokenizer = context.socket(zmq.PULL)
+        self.recv_from_detokenizer.bind(f"ipc://{self.ipc_dir}/tokenizer")
+        self.send_to_scheduler = context.socket(zmq.PUSH)
+        self.send_to_scheduler.bind(f"ipc://{self.ipc_dir}/scheduler")
 
     def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
         self.aborted.append(rid)

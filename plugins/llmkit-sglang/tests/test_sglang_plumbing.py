@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 import psutil
 import pytest
@@ -244,6 +245,21 @@ def test_close_ends_this_engines_processes_only(load):
     first.close()
     assert all(_alive(p) for p in theirs)
     assert second.generate("Hello", greedy(max_tokens=3))[0].usage.completion_tokens == 3
+
+
+def test_close_closes_the_tokenizer_managers_sockets(load):
+    """A context collected with its sockets in one garbage-collector pass blocks forever in term(): close
+    destroys it first (the session engine's close hung there on the GPU, 2026-11-28)."""
+    pytest.importorskip("zmq")
+    engine = load()
+    manager = engine.engine.tokenizer_manager
+    sockets = [weakref.ref(manager.recv_from_detokenizer), weakref.ref(manager.send_to_scheduler)]
+    del manager  # the test must not keep them alive: the hang needs them garbage with their context
+    closer = threading.Thread(target=engine.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() hung"
+    assert all(ref() is None or ref().closed for ref in sockets)
 
 
 def test_sglangs_atexit_shutdown_is_unregistered_at_close(load, monkeypatch):

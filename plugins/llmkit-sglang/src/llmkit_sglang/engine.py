@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 import weakref
 from typing import Any
@@ -223,10 +224,8 @@ class SGLangEngine(Engine):
             return
         self._loop.stop()  # cancels the watcher and the request tasks (each aborts its request)
         _sigquit_guard.remove(self)
-        rpc = getattr(engine, "send_to_rpc", None)
-        if rpc is not None:
-            rpc.close(linger=0)
-            engine.send_to_rpc = None
+        _close_zmq_contexts(engine)
+        engine.send_to_rpc = None
         daemons = getattr(engine, "_weight_cache_daemon_procs", None)
         if daemons:
             engine._terminate_weight_cache_daemons(daemons)
@@ -521,6 +520,29 @@ def _with_descendants(pids: set[int]) -> set[int]:
         except psutil.Error:
             pass
     return found
+
+
+def _close_zmq_contexts(engine: Any) -> None:
+    """Close the ZeroMQ contexts of the engine's and its TokenizerManager's sockets, every socket with linger 0.
+
+    Left to the garbage collector they hang this process: the manager sits in reference cycles (its result
+    dispatcher holds its bound methods), so a context and its sockets are collected together, the context's
+    weak set of sockets is already cleared when its `__del__` calls `destroy()`, nothing is closed, and
+    `term()` waits for the still-open sockets forever (the session engine's close in the adapter's GPU tests,
+    2026-11-28). Context.instance(), shared by the whole process, is left alone."""
+    zmq = sys.modules.get("zmq")  # SGLang imported it if it made sockets
+    if zmq is None:
+        return
+    contexts: list[Any] = []
+    for owner in (engine, getattr(engine, "tokenizer_manager", None)):
+        for value in vars(owner).values() if owner is not None else ():
+            if isinstance(value, zmq.Socket) and not value.closed:
+                context = value.context
+                shared = getattr(type(context), "_instance", None)
+                if context is not shared and all(context is not c for c in contexts):
+                    contexts.append(context)
+    for context in contexts:
+        context.destroy(linger=0)
 
 
 def _kill(pids: set[int]) -> None:
