@@ -130,3 +130,36 @@ def _run(spec: VenvSpec, command: list[str], log: Callable[[str], None]) -> None
     if process.wait():
         raise BackendUnavailableError(spec.owner, f"creating its environment failed: {' '.join(command)}\n" + "\n".join(tail),
                                       f"remove {spec.path()} and retry")
+
+
+# ---- environments the user made -------------------------------------------------------------------------
+
+_TORCH_PROBE = ("import json, torch, importlib.metadata as m\n"
+                "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'gpu': torch.cuda.is_available(), "
+                "'distributions': {d.metadata['Name'].lower(): d.version for d in m.distributions()}}))")
+
+
+def probe_torch(env: Path, owner: str) -> dict:
+    """What `env`'s Python sees: its torch, the CUDA version that torch was built for (None: the CPU build),
+    whether a GPU is visible now, and every installed distribution's version (a few seconds: torch imports)."""
+    done = subprocess.run([str(env / "bin" / "python"), "-c", _TORCH_PROBE], capture_output=True, text=True)
+    if done.returncode:
+        raise BackendUnavailableError(owner, f"{env / 'bin' / 'python'} could not import torch: {done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def user_environment(env: Path, *, owner: str, tool: str, stamp: str, distribution: str, supported: str) -> dict | None:
+    """`env` as the user made it (for instance with a CUDA build of torch, or offline from their own wheels), or
+    None when it is not one: a folder with `bin/<tool>` and no llmkit stamp. llmkit then installs nothing
+    into it and uses it as it is. Its `distribution` must be the release the adapter's mapping is written
+    for (`supported`, a version prefix such as "0.19."): another release is refused, naming both."""
+    if (env / stamp).exists() or not (env / "bin" / tool).exists():
+        return None
+    found = probe_torch(env, owner)
+    version = found["distributions"].get(distribution)
+    if version is None or not version.startswith(supported):
+        raise BackendUnavailableError(owner, f"{env} is an environment of your own (no llmkit stamp), and it holds "
+                                      f"{distribution} {version or 'nothing'}: llmkit's {owner} adapter is written for "
+                                      f"{distribution} {supported}x (or point llmkit elsewhere, and it makes its own)",
+                                      f"{env / 'bin' / 'pip'} install '{distribution}=={supported}*'")
+    return found

@@ -13,7 +13,7 @@ import llmkit
 from llmkit.data import Example
 from llmkit.errors import UnsupportedFeatureError
 from llmkit.tuner import TuneJob
-from llmkit_axolotl.mapping import JOB, axolotl_records, build_config, resolve_precision, total_steps, warmup_steps
+from llmkit_axolotl.mapping import JOB, LORA_KERNELS, axolotl_records, build_config, resolve_precision, total_steps, warmup_steps
 from llmkit_axolotl.tuner import AxolotlTuner, parse_event, to_progress
 
 
@@ -79,6 +79,13 @@ def test_defaults_are_llmkits_not_axolotls(tmp_path, alpaca):
     assert config["lora_r"] == 16 and config["lora_alpha"] == 32 and config["lora_dropout"] == 0.05
     assert config["lora_target_linear"] is True and config["lora_target_modules"] is None
     assert config["learning_rate"] == 2e-4 and config["micro_batch_size"] == 8 and config["sequence_len"] == 512
+
+
+def test_lora_kernels_are_axolotls_choice_on_a_gpu(tmp_path, alpaca):
+    """Off on CPU (they allocate on "cuda"); on a GPU axolotl decides, as it does when run directly."""
+    job = TuneJob(model="m", data=alpaca, output_dir=tmp_path / "o")
+    assert {key: _config(job)[key] for key in LORA_KERNELS} == dict.fromkeys(LORA_KERNELS, False)
+    assert not set(LORA_KERNELS) & set(_config(job, precision="bf16", cuda=True))
 
 
 def test_full_sft_and_dpo(tmp_path, alpaca, preference):

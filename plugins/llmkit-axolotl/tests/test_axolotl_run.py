@@ -86,6 +86,8 @@ def test_lora_run_killed_resumes_and_adapter_changes_generations(tmp_path):
     assert sum(last_losses) / 4 < sum(first_losses) / 4
     assert result.versions.get("axolotl") == "0.19.0"
     assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 300 * 2**20  # the model alone: 0.5 GB
+    assert result.peak_memory_kind.startswith("peak RSS")  # no GPU here
+    assert result.train_seconds and result.train_seconds > 0  # the trainer's train_runtime
     adapter = result.path
     assert adapter == out / "adapter" and {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     print(f"\naxolotl: killed after checkpoint-4 at {killed_at:.0f} s, resumed and finished at {total:.0f} s; "

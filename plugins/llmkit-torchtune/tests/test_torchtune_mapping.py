@@ -175,3 +175,15 @@ def test_log_lines():
     assert parse_step_line(tqdm) == (1, {"loss": 0.769, "lr": 0.0009})
     assert parse_llmkit_line('LLMKIT eval {"phase": "before", "loss": 2.5}') == ("eval", {"phase": "before", "loss": 2.5})
     assert parse_llmkit_line("INFO:torchtune.utils._logging:Model is initialized") is None
+
+
+def test_on_a_gpu_the_recipe_runs_there_and_auto_is_bf16(model_folder):
+    j = job()
+    config, _ = mapping.build_config(j, model_folder=model_folder, model=mapping.model_config(model_folder), n_train=100,
+                                     n_validation=5, checkpoints=Path("/tmp/out/checkpoints"), data_dir=Path("/tmp/out/data"),
+                                     device="cuda")
+    assert config["device"] == "cuda" and config["dtype"] == "bf16"  # torchtune's own default on a GPU
+    config, _ = mapping.build_config(job(precision="fp32"), model_folder=model_folder, model=mapping.model_config(model_folder),
+                                     n_train=100, n_validation=5, checkpoints=Path("/tmp/out/checkpoints"),
+                                     data_dir=Path("/tmp/out/data"), device="cuda")
+    assert config["dtype"] == "fp32"  # asked for: kept

@@ -96,6 +96,8 @@ def test_loss_falls(runs):
     assert sum(epoch2) / len(epoch2) < sum(epoch1) / len(epoch1)
     assert result.eval_loss_before is not None and result.eval_loss_after < result.eval_loss_before
     assert result.train_tokens and result.peak_memory_bytes and result.versions["torchtune"].startswith("0.6.1")
+    assert result.precision == "fp32" and result.peak_memory_kind.endswith("(CPU)")  # auto, on this machine's CPU
+    assert result.train_seconds and result.train_tokens / result.train_seconds == pytest.approx(result.tokens_per_second)
 
 
 def test_adapter_loads_with_peft_and_changes_generation(job, runs):

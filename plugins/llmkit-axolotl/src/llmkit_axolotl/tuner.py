@@ -89,7 +89,7 @@ class AxolotlTuner(Tuner):
             return "fp32"
         import torch
 
-        cuda = torch.cuda.is_available()
+        cuda = _cuda()
         return resolve_precision(job, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
 
     # -- the run --------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class AxolotlTuner(Tuner):
         resume = run.resume_from
         config = build_config(job, base_model=base_model, precision=precision, n_train=len(run.splits.train),
                               data_dir=data_dir, work_dir=work, checkpoints=run.checkpoints,
-                              has_validation=bool(run.splits.validation), resume_from=resume)
+                              has_validation=bool(run.splits.validation), resume_from=resume, cuda=_cuda())
         config_path = work / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=True))
 
@@ -135,13 +135,18 @@ class AxolotlTuner(Tuner):
             eval_before = _first_eval_in_state(resume)
         eval_after = evals[-1] if evals and eval_steps[-1] == steps else None
 
+        end = next((r for r in records if r.get("kind") == "end"), {})
+        peak_cuda = end.get("peak_cuda_bytes")
         artifact = run.artifact_path()
         self._hand_over(run, artifact)
         return TuneResult(
             backend=self.backend, method=job.method, base_model=base_model, artifact=job.artifact, path=artifact,
             output_dir=job.output_dir, steps=steps, resumed_from_step=resumed_step, train_loss=summary.get("train_loss"),
             eval_loss_before=eval_before, eval_loss_after=eval_after, precision=precision,
-            peak_memory_bytes=self.peak_rss, peak_memory_kind="peak RSS of the axolotl process (wait4 ru_maxrss)",
+            train_seconds=summary.get("train_runtime"),
+            peak_memory_bytes=peak_cuda if peak_cuda is not None else self.peak_rss,
+            peak_memory_kind=("torch.cuda.max_memory_allocated in the axolotl process" if peak_cuda is not None
+                              else "peak RSS of the axolotl process (wait4 ru_maxrss)"),
             versions=self._versions(environment),
         )
 
@@ -222,6 +227,13 @@ class AxolotlTuner(Tuner):
             return json.loads(out.strip().splitlines()[-1])
         except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, OSError):
             return {"axolotl": axolotl_env.AXOLOTL_VERSION}
+
+
+def _cuda() -> bool:
+    """Whether the run has a GPU (as this process's torch sees it: precision and the LoRA kernels follow)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _die_with_parent() -> None:

@@ -4,7 +4,11 @@ torchtune 0.6.1 imports only beside torchao 0.15.0 (0.16-0.18 break its imports)
 environment holds a newer torchao: torchtune lives in a venv of its own, under
 `llmkit.catalog.cache_dir() / "envs"`, and runs there in a subprocess. torch is pinned to the CPU build
 2.13.0 (pip on this machine kind finds a local CPU wheel; an unpinned torch would be a multi-GB CUDA
-build). `python -m llmkit_torchtune.env` creates it (scripts/setup.sh does, so tests find it ready).
+build). `python -m llmkit_torchtune.env` creates it (scripts/setup.sh does, so tests find it ready). Where
+pip finds a CUDA build instead (a GPU machine with PyPI), that build is kept and the runs use the GPU.
+
+An environment you made yourself is used as it is: point `$LLMKIT_TORCHTUNE_ENV` at a folder with `bin/tune`
+and torchtune 0.6 (beside torchao 0.15.0 and the torch of your choice), and llmkit installs nothing there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from llmkit.errors import BackendUnavailableError
+from llmkit.kit import venvs
 
 TORCH = "torch==2.13.0"
 REQUIREMENTS = (TORCH, "torchtune==0.6.1", "torchao==0.15.0")
@@ -48,13 +53,25 @@ def ready(path: Path | None = None) -> bool:
         return False
 
 
+def user_environment(path: Path | None = None) -> dict | None:
+    """What a user-made environment at `path` holds (None: not one); refused if its torchtune is not 0.6."""
+    return venvs.user_environment(path or env_dir(), owner="torchtune", tool="tune", stamp=STAMP,
+                                  distribution="torchtune", supported="0.6.")
+
+
 def versions(path: Path | None = None) -> dict[str, str]:
-    """What the environment holds (recorded when it was made)."""
+    """What the environment holds (recorded when llmkit made it)."""
     path = path or env_dir()
     try:
         return json.loads((path / STAMP).read_text())["versions"]
     except (OSError, ValueError, KeyError):
         return {}
+
+
+def device(path: Path | None = None) -> str:
+    """Where the recipes run: "cuda" when the environment's torch is a CUDA build and sees a GPU now, else "cpu"."""
+    found = venvs.probe_torch(path or env_dir(), "torchtune")
+    return "cuda" if found["cuda"] and found["gpu"] else "cpu"
 
 
 @contextlib.contextmanager
@@ -73,7 +90,7 @@ def ensure_env(log: Callable[[str], None] | None = None) -> Path:
     Progress goes to `log` (default: stderr). Concurrent callers wait for one creation."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     path = env_dir()
-    if ready(path):
+    if ready(path) or user_environment(path) is not None:
         return path
     with _locked(path):
         if ready(path):
@@ -111,8 +128,7 @@ def ensure_env(log: Callable[[str], None] | None = None) -> Path:
         if probe.returncode:
             raise BackendUnavailableError("torchtune", f"torchtune does not import in {path}: {probe.stderr[-2000:]}")
         found = json.loads(probe.stdout.strip().splitlines()[-1])
-        if found.pop("cuda"):
-            raise BackendUnavailableError("torchtune", f"{path} got a CUDA build of torch ({found['torch']}), not the CPU wheel")
+        found["cuda"] = found["cuda"] or "none (CPU build)"
         (path / STAMP).write_text(json.dumps({"wanted": _wanted(), "versions": found}, indent=2))
         log(f"llmkit-torchtune: environment ready in {time.perf_counter() - start:.0f} s: {found}")
         return path

@@ -71,9 +71,17 @@ def lora_modules(targets) -> tuple[list[str], bool]:
     return [ATTENTION[t] for t in ATTENTION if t in targets], all(t in targets for t in MLP)
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """auto → bf16 on a GPU (torchtune's own default there), fp32 on CPU."""
+    if precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    return precision
+
+
 def _precision(precision: str) -> str:
-    # The torchtune environment llmkit builds holds the CPU build of torch: "auto" is fp32 there.
-    return {"auto": "fp32", "fp32": "fp32", "bf16": "bf16"}[precision]
+    if precision == "auto":
+        raise ValueError("precision auto must be resolved (resolve_precision) before mapping")
+    return {"fp32": "fp32", "bf16": "bf16"}[precision]
 
 
 JOB = Mapping(TuneJob, [
@@ -99,7 +107,7 @@ JOB = Mapping(TuneJob, [
     Param("max_grad_norm", "clip_grad_norm"),
     Param("max_seq_length", "tokenizer.max_seq_len", note="longer examples are cut at the end"),
     Param("gradient_checkpointing", "enable_activation_checkpointing"),
-    Param("precision", "dtype", _precision, "auto → fp32 (the environment's torch is the CPU build)", refuse=_refuse_fp16),
+    Param("precision", "dtype", _precision, "auto → bf16 on a GPU, fp32 on CPU (build_config's device)", refuse=_refuse_fp16),
     Param("seed", "seed", note="also the data order: the recipe's sampler seed (torchtune fixes it at 0)"),
     Param("split", None, note="llmkit splits before torchtune runs"),
     Param("checkpoint_steps", None, note="plan(): torchtune checkpoints at the end of each epoch only"),
@@ -107,7 +115,7 @@ JOB = Mapping(TuneJob, [
     Param("dpo", None, note="method dpo is not offered", refuse=refuse_unless(DPOOptions(), "method dpo is not offered by torchtune here")),
     Param("grpo", None, note="method grpo is not offered"),
 ], fixed={
-    "device": "cpu", "shuffle": True, "compile": False, "optimizer_in_bwd": False,
+    "shuffle": True, "compile": False, "optimizer_in_bwd": False,
     "enable_activation_offloading": False,
     "log_every_n_steps": 1, "log_peak_memory_stats": False,
 })
@@ -248,9 +256,11 @@ def _dataset(path: Path) -> dict[str, Any]:
 
 
 def build_config(job: TuneJob, *, model_folder: Path, model: dict[str, Any], n_train: int, n_validation: int,
-                 checkpoints: Path, data_dir: Path, resume: bool = False) -> tuple[dict[str, Any], Plan]:
-    """The full recipe config (a dict for the YAML file) and the plan behind its length."""
+                 checkpoints: Path, data_dir: Path, resume: bool = False, device: str = "cpu") -> tuple[dict[str, Any], Plan]:
+    """The full recipe config (a dict for the YAML file) and the plan behind its length. `device`: "cpu" or
+    "cuda" (`env.device()`: the environment's torch and the machine decide)."""
     refusals(job)
+    job = job.model_copy(update={"precision": resolve_precision(job.precision, device)})
     if job.max_seq_length > model["max_seq_len"]:
         raise UnsupportedFeatureError(BACKEND, "max_seq_length", f"{job.max_seq_length} exceeds the model's "
                                                                   f"max_position_embeddings {model['max_seq_len']}")
@@ -268,6 +278,7 @@ def build_config(job: TuneJob, *, model_folder: Path, model: dict[str, Any], n_t
     else:
         config.pop("save_adapter_weights_only")
     config.update(
+        device=device,
         output_dir=str(checkpoints),
         epochs=steps.epochs,
         max_steps_per_epoch=steps.max_steps_per_epoch,

@@ -111,19 +111,22 @@ class TorchtuneTuner(Tuner):
         ckpts.mkdir(parents=True, exist_ok=True)
         state_file = ckpts / "recipe_state" / "recipe_state.pt"
         resume = state_file.exists() and any(self._epoch_complete(p, job) for p in ckpts.glob("epoch_*"))
+        finished = (ckpts / FINISHED).exists()
+        environment = None if finished else tt_env.ensure_env()
+        device = tt_env.device(environment) if environment is not None else "cpu"  # finished: only read back
         config, steps = mapping.build_config(
             job, model_folder=folder, model=model, n_train=len(run.splits.train),
-            n_validation=len(run.splits.validation), checkpoints=ckpts, data_dir=run.data_dir, resume=resume)
+            n_validation=len(run.splits.validation), checkpoints=ckpts, data_dir=run.data_dir, resume=resume,
+            device=device)
         config_path = job.output_dir / "torchtune.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         outcome: dict[str, Any]
-        if (ckpts / FINISHED).exists():
+        if finished:
             outcome = json.loads((ckpts / FINISHED).read_text())
             emit(TuneProgress(step=outcome["step"], total_steps=steps.total_steps,
                               message="torchtune had finished this run before; handing over its last epoch"))
         else:
-            environment = tt_env.ensure_env()
             outcome = self._run(environment, config_path, ckpts, steps, resume, emit)
             (ckpts / FINISHED).write_text(json.dumps(outcome))
         if outcome["step"] != steps.total_steps:
@@ -133,14 +136,17 @@ class TorchtuneTuner(Tuner):
         target = run.artifact_path()
         self._hand_over(last, target, job, folder)
         before = outcome.get("eval_before")
+        peak, peak_kind = outcome.get("peak_rss_bytes"), "peak RSS of the torchtune subprocess (CPU)"
+        if outcome.get("peak_cuda_bytes") is not None:
+            peak, peak_kind = outcome["peak_cuda_bytes"], "torch.cuda.max_memory_allocated in the torchtune subprocess"
         return TuneResult(
             backend=self.backend, method=job.method, base_model=str(folder), artifact=job.artifact, path=target,
             output_dir=job.output_dir, steps=outcome["step"], resumed_from_step=outcome.get("resumed_from_step"),
             train_loss=outcome.get("train_loss"), eval_loss_before=before, eval_loss_after=outcome.get("eval_after"),
             train_tokens=outcome.get("train_tokens"), tokens_per_second=outcome.get("tokens_per_second"),
-            peak_memory_bytes=outcome.get("peak_rss_bytes"),
-            peak_memory_kind="peak RSS of the torchtune subprocess (CPU)" if outcome.get("peak_rss_bytes") else None,
-            precision=config["dtype"], versions={**outcome.get("versions", {}), "llmkit-torchtune": _own_version()},
+            peak_memory_bytes=peak, peak_memory_kind=peak_kind, precision=config["dtype"],
+            train_seconds=outcome.get("train_seconds"),
+            versions={**outcome.get("versions", {}), "llmkit-torchtune": _own_version()},
         )
 
     @staticmethod
@@ -220,7 +226,8 @@ class TorchtuneTuner(Tuner):
                         # training time: from the end of set-up to the last step (validation excluded)
                         seconds = (last_step_at or time.perf_counter()) - (train_start or started)
                         outcome.update(step=data["step"], train_tokens=data["train_tokens"],
-                                       peak_rss_bytes=data["peak_rss_bytes"], versions=data["versions"],
+                                       peak_rss_bytes=data["peak_rss_bytes"], peak_cuda_bytes=data.get("peak_cuda_bytes"),
+                                       versions=data["versions"], train_seconds=seconds if seconds > 0 else None,
                                        tokens_per_second=data["train_tokens"] / seconds if seconds > 0 else None)
                 code = process.wait()
             except BaseException:

@@ -6,6 +6,7 @@
 - Evaluates before the first step (`eval_on_start`; axolotl sets it only with eval_steps; left off when
   resuming) and after the last one (transformers evaluates only on multiples of eval_steps), when there is a
   validation set.
+- At the end, on a GPU, torch's peak allocated memory in this process.
 """
 
 import json
@@ -50,7 +51,11 @@ class _Events(TrainerCallback):
         self._emit(state, "save", checkpoint=f"checkpoint-{state.global_step}")
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._emit(state, "end")
+        import torch
+
+        # On a GPU, the process's peak of torch's allocated memory (what the other tuners report there).
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        self._emit(state, "end", peak_cuda_bytes=peak)
 
 
 class LLMKitBridgePlugin(BasePlugin):

@@ -233,6 +233,7 @@ class LLMKitMixin:
             say("eval", phase="after", step=self.global_step, loss=found[0], tokens=found[1])
         say("done", step=self.global_step, train_tokens=self._llmkit_tokens,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            peak_cuda_bytes=torch.cuda.max_memory_allocated() if self._device.type == "cuda" else None,
             versions={"torchtune": torchtune.__version__, "torch": torch.__version__,
                       "torchao": _version("torchao")})
 
