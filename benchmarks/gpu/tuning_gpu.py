@@ -1,4 +1,5 @@
-"""Fine-tuning on one GPU: TRL and Unsloth, each through llmkit and called directly, one run per process.
+"""Fine-tuning on one GPU: TRL, Unsloth, Axolotl and torchtune, each through llmkit and called directly, one run
+per process.
 
 Unsloth patches trl and transformers when imported and keeps state per trainer, so every run is a fresh
 process: `python benchmarks/gpu/tuning_gpu.py run --backend unsloth --path direct ...` prints one JSON line.
@@ -12,13 +13,26 @@ linear projections, batch 8, gradient accumulation 1, learning rate 2e-4 linear 
 0, AdamW (torch, fused), bf16, max length 512, no packing, no padding-free batching, seed 0; ch. 7 records.
 Figures: samples/s and tokens/s (non-padding tokens as TRL counts them) over the trainer's own runtime, and
 torch's peak allocated memory (reset after the model is loaded).
+
+Axolotl and torchtune run in environments of their own (`LLMKIT_AXOLOTL_ENV`, `LLMKIT_TORCHTUNE_ENV`: on the
+GPU machine, environments made from the carried wheels, which llmkit uses as they are). Called directly,
+Axolotl is its CLI (`axolotl train config.yaml`) with a config written as its documentation shows one, on the
+same rows (input/output segments: the Alpaca prompt unlabelled, the response and EOS labelled); its train time
+is the trainer's `train_runtime` and its peak the last `memory/max_allocated (GiB)` it logs. torchtune called
+directly is its stock `lora_finetune_single_device` recipe on the config llmkit generates (the model's Hugging
+Face tokenizer needs llmkit's tokenizer component: torchtune's own tokenizers read Llama-3's tiktoken file),
+without llmkit's recipe subclass; its train time runs from the end of the recipe's set-up (its profiler line)
+to its last step line, as llmkit times it, and its peak is the `peak_memory_alloc` it logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,22 +133,151 @@ def direct_trl(args, folder: Path) -> dict:
     return figures(trainer, output, start)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _tool_env(variable: str, module: str) -> Path:
+    """The environment a tool runs in: $variable, else the one llmkit makes (`<module>.env_dir()`)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    import importlib
+
+    return importlib.import_module(module).env_dir()
+
+
+def _stream(command: list[str], env: dict, cwd: Path, log: Path):
+    """Run `command`, yielding (seconds since start, line) as its lines arrive; the whole output goes to `log`."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                   env=env, cwd=cwd)
+        for line in process.stdout:
+            out.write(line)
+            yield time.perf_counter() - start, line.rstrip("\n")
+        if process.wait():
+            raise RuntimeError(f"{command[0]} exited with {process.returncode}: see {log}")
+
+
+def direct_axolotl(args, folder: Path) -> dict:
+    """Axolotl as its documentation shows it: a YAML config and `axolotl train`."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    env = _tool_env("LLMKIT_AXOLOTL_ENV", "llmkit_axolotl.env")
+    eos = AutoTokenizer.from_pretrained(args.model).eos_token
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps({"segments": [{"label": False, "text": r["prompt"]},
+                                                     {"label": True, "text": r["completion"] + eos}]}) + "\n"
+                            for r in rows(args.data, args.records)))
+    cuda = _cuda()
+    config = {
+        "base_model": str(args.model), "datasets": [{"path": str(data), "ds_type": "json", "type": "input_output"}],
+        "dataset_prepared_path": str(folder / "prepared"), "val_set_size": 0.0, "output_dir": str(folder / "out"),
+        "sequence_len": args.seq, "sample_packing": False, "excess_length_strategy": "truncate", "train_on_inputs": False,
+        "adapter": "qlora" if args.method == "qlora" else "lora", "load_in_4bit": args.method == "qlora",
+        "lora_r": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"], "lora_target_linear": True,
+        "micro_batch_size": args.batch, "gradient_accumulation_steps": 1, "max_steps": args.steps, "num_epochs": 1,
+        "optimizer": "adamw_torch_fused" if cuda else "adamw_torch", "lr_scheduler": "linear", "learning_rate": 2e-4,
+        "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": cuda, "tf32": False,
+        "gradient_checkpointing": args.gc != "off", "seed": 0, "logging_steps": 1, "save_strategy": "no",
+        "shuffle_merged_datasets": False,
+    }
+    if not cuda:  # its LoRA Triton kernels switch themselves on and need CUDA
+        config.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    variables = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(env),
+                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
+    variables.pop("PYTHONPATH", None)
+    summary, peaks = {}, []
+    for _, line in _stream([str(env / "bin" / "axolotl"), "train", str(folder / "config.yaml"), "--launcher", "python"],
+                           variables, folder, folder / "axolotl.log"):
+        found = re.search(r"\{'.*\}", line)
+        if not found:
+            continue
+        try:
+            logs = ast.literal_eval(found.group())
+        except (ValueError, SyntaxError):
+            continue
+        if "memory/max_allocated (GiB)" in logs:
+            peaks.append(float(logs["memory/max_allocated (GiB)"]))
+        if "train_runtime" in logs:
+            summary = logs
+    runtime = float(summary["train_runtime"])
+    return {"train_seconds": runtime, "samples_per_second": args.steps * args.batch / runtime, "tokens_per_second": None,
+            "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks and max(peaks) > 0 else None,
+            "final_loss": float(summary["train_loss"]) if "train_loss" in summary else None,  # mean over the run, as printed
+            "wall_seconds": time.perf_counter() - start}
+
+
+def direct_torchtune(args, folder: Path) -> dict:
+    """torchtune's stock LoRA recipe (`tune run lora_finetune_single_device`) on the config llmkit writes."""
+    import yaml
+    from llmkit_torchtune import env as tt_env, mapping
+    from llmkit_torchtune.tuner import RECIPE_DIR, parse_step_line
+
+    import llmkit
+    from llmkit.tuner import TuneJob
+
+    start = time.perf_counter()
+    env = _tool_env("LLMKIT_TORCHTUNE_ENV", "llmkit_torchtune.env")
+    data = folder / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(args.data, args.records)))
+    job = TuneJob(**_job(args, folder))
+    device = tt_env.device(env)
+    config, plan = mapping.build_config(job, model_folder=args.model, model=mapping.model_config(args.model),
+                                        n_train=args.records, n_validation=0, checkpoints=folder / "checkpoints",
+                                        data_dir=data, device=device)
+    config["log_peak_memory_stats"] = True
+    (folder / "torchtune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    variables = {**os.environ, "PYTHONPATH": str(RECIPE_DIR), "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
+                 "VIRTUAL_ENV": str(env), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    set_up_at = last_step_at = None
+    steps, tokens_per_s, peaks, losses = 0, [], [], []
+    for at, line in _stream([str(env / "bin" / "tune"), "run", "lora_finetune_single_device", "--config",
+                             str(folder / "torchtune.yaml")], variables, RECIPE_DIR, folder / "torchtune.log"):
+        if "Profiler config after instantiation" in line:
+            set_up_at = at
+        step = parse_step_line(line)
+        if step is not None:
+            steps, values = step
+            last_step_at = at
+            losses.append(values.get("loss"))
+            tokens_per_s.append(values.get("tokens_per_second_per_gpu"))
+            if values.get("peak_memory_alloc"):
+                peaks.append(values["peak_memory_alloc"])
+    assert steps == plan.total_steps == args.steps, (steps, plan.total_steps)
+    runtime = last_step_at - set_up_at
+    return {"train_seconds": runtime, "samples_per_second": steps * args.batch / runtime,
+            "tokens_per_second": None, "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks else None,
+            "final_loss": losses[-1], "wall_seconds": time.perf_counter() - start, "device": device, "llmkit": llmkit.__version__}
+
+
+def _job(args, folder: Path) -> dict:
+    data = folder / "data.json"
+    data.write_text(json.dumps(json.loads(args.data.read_text())[: args.records]))
+    return {"model": str(args.model), "data": str(data), "method": args.method, "lora": LORA, "output_dir": str(folder / "run"),
+            "max_steps": args.steps, "batch_size": args.batch, "gradient_accumulation_steps": 1, "learning_rate": 2e-4,
+            "lr_scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_seq_length": args.seq,
+            "precision": "bf16" if _cuda() else "fp32", "gradient_checkpointing": args.gc != "off", "seed": 0,
+            "checkpoint_steps": 10_000, "split": {"train": 1.0, "test": 0.0}}
+
+
 def via_llmkit(args, folder: Path) -> dict:
     import llmkit
 
-    data = folder / "data.json"
-    data.write_text(json.dumps(json.loads(args.data.read_text())[: args.records]))
-    job = {"model": str(args.model), "data": str(data), "method": args.method, "lora": LORA, "output_dir": str(folder / "run"),
-           "max_steps": args.steps, "batch_size": args.batch, "gradient_accumulation_steps": 1, "learning_rate": 2e-4,
-           "lr_scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_seq_length": args.seq, "precision": "bf16",
-           "gradient_checkpointing": args.gc != "off", "seed": 0, "checkpoint_steps": 10_000, "split": {"train": 1.0, "test": 0.0}}
+    job = _job(args, folder)
     options = {"checkpointing": "unsloth" if args.gc == "unsloth" else "standard"} if args.backend == "unsloth" else {}
     start = time.perf_counter()
     result = llmkit.tune(args.backend, job, **options)
     samples = result.steps * args.batch
     train_seconds = result.train_seconds
     return {"train_seconds": train_seconds, "samples_per_second": samples / train_seconds, "tokens_per_second": result.tokens_per_second,
-            "tokens": result.train_tokens, "peak_bytes": result.peak_memory_bytes, "final_loss": result.history[-1].loss if result.history else None,
+            "tokens": result.train_tokens, "peak_bytes": result.peak_memory_bytes, "final_loss": next((h.loss for h in reversed(result.history) if h.loss is not None), None),
             "wall_seconds": time.perf_counter() - start, "versions": result.versions}
 
 
@@ -144,7 +287,7 @@ def main() -> None:
     make = sub.add_parser("make-model")
     make.add_argument("--out", type=Path, required=True)
     run = sub.add_parser("run")
-    run.add_argument("--backend", choices=["trl", "unsloth"], required=True)
+    run.add_argument("--backend", choices=["trl", "unsloth", "axolotl", "torchtune"], required=True)
     run.add_argument("--path", choices=["llmkit", "direct"], required=True)
     run.add_argument("--method", choices=["lora", "qlora"], default="lora")
     run.add_argument("--gc", choices=["off", "on", "unsloth"], default="off", help="gradient checkpointing (unsloth: its offloaded variant)")
@@ -158,16 +301,17 @@ def main() -> None:
     if args.command == "make-model":
         make_model(args.out)
         return
-    if args.backend == "trl" and args.gc == "unsloth":
+    if args.backend != "unsloth" and args.gc == "unsloth":
         parser.error("--gc unsloth is Unsloth's")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
-        fn = via_llmkit if args.path == "llmkit" else {"trl": direct_trl, "unsloth": direct_unsloth}[args.backend]
-        figures_ = fn(args, Path(tmp))
+        direct = {"trl": direct_trl, "unsloth": direct_unsloth, "axolotl": direct_axolotl, "torchtune": direct_torchtune}
+        figures_ = (via_llmkit if args.path == "llmkit" else direct[args.backend])(args, Path(tmp))
     import torch
 
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print("RESULT " + json.dumps({"backend": args.backend, "path": args.path, "method": args.method, "gc": args.gc, "steps": args.steps,
-                                  "batch": args.batch, "seq": args.seq, "device": torch.cuda.get_device_name(), **figures_}), flush=True)
+                                  "batch": args.batch, "seq": args.seq, "device": device, **figures_}), flush=True)
 
 
 if __name__ == "__main__":
