@@ -27,27 +27,64 @@ def test_a_users_environment_is_probed_and_used_as_it_is(tmp_path):
     env = _environment(tmp_path / "mine", "tune")
     before = sorted(p.name for p in env.rglob("*"))
     pytest_version = importlib.metadata.version("pytest")
-    found = venvs.user_environment(env, owner="torchtune", tool="tune", stamp=".stamp", distribution="pytest",
-                                   supported=pytest_version.split(".")[0] + ".")
+    found = venvs.user_environment(env, owner="torchtune", tool="tune", stamp=".stamp",
+                                   requires={"pytest": pytest_version.split(".")[0] + "."}, variable="LLMKIT_TORCHTUNE_ENV")
     assert found["distributions"]["pytest"] == pytest_version
     assert found["torch"].split("+")[0] == importlib.metadata.version("torch").split("+")[0]
     assert found["gpu"] is False and found["cuda"] is None  # this machine: the CPU build, no GPU
     assert sorted(p.name for p in env.rglob("*")) == before  # nothing written into it
 
 
+def _user(env: Path, tool: str = "axolotl", **requires: str) -> dict | None:
+    return venvs.user_environment(env, owner="axolotl", tool=tool, stamp=".stamp", requires=requires or {"axolotl": "0.19."},
+                                  variable="LLMKIT_AXOLOTL_ENV")
+
+
 def test_another_release_is_refused_naming_both(tmp_path):
     env = _environment(tmp_path / "mine", "axolotl")
     with pytest.raises(BackendUnavailableError, match=r"holds pytest \S+: llmkit's axolotl adapter is written for pytest 0\.0\.x"):
-        venvs.user_environment(env, owner="axolotl", tool="axolotl", stamp=".stamp", distribution="pytest", supported="0.0.")
-    with pytest.raises(BackendUnavailableError, match="holds axolotl nothing"):
-        venvs.user_environment(env, owner="axolotl", tool="axolotl", stamp=".stamp", distribution="axolotl", supported="0.19.")
+        _user(env, pytest="0.0.")
+    with pytest.raises(BackendUnavailableError, match=r"holds no axolotl.*LLMKIT_AXOLOTL_ENV|LLMKIT_AXOLOTL_ENV.*holds no axolotl"):
+        _user(env)
 
 
-def test_llmkits_own_environments_and_empty_folders_are_not_users(tmp_path):
-    stamped = _environment(tmp_path / "made-by-llmkit", "tune")
+def test_llmkits_own_and_empty_folders_are_not_users(tmp_path):
+    stamped = _environment(tmp_path / "made-by-llmkit", "axolotl")
     (stamped / ".stamp").write_text("{}")
-    assert venvs.user_environment(stamped, owner="t", tool="tune", stamp=".stamp", distribution="x", supported="1.") is None
-    assert venvs.user_environment(tmp_path / "none", owner="t", tool="tune", stamp=".stamp", distribution="x", supported="1.") is None
+    assert _user(stamped) is None
+    assert _user(tmp_path / "none") is None
+    (tmp_path / "empty").mkdir()
+    assert _user(tmp_path / "empty") is None
+
+
+def test_a_half_made_environment_is_llmkits_not_the_users(tmp_path):
+    """A build cut after bin/axolotl appeared but before its stamp: marked incomplete first, made again."""
+    env = tmp_path / "env"
+    venvs.mark_incomplete(env, ".stamp")
+    _environment(env, "axolotl")
+    assert _user(env) is None
+
+
+def test_a_folder_that_is_nobodys_environment_is_refused_and_left_alone(tmp_path):
+    """Not empty, no stamp, no bin/<tool>: it may be the user's (a venv of theirs, a project): never removed,
+    never installed into."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(BackendUnavailableError, match=r"no bin/axolotl and no llmkit stamp"):
+        _user(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("python", ["", "#!/bin/sh\n", "#!/bin/sh\necho not json\n", None])
+def test_a_broken_python_is_a_clear_error(tmp_path, python):
+    env = _environment(tmp_path / "mine", "axolotl")
+    if python is None:
+        (env / "bin" / "python").unlink()  # no interpreter at all
+    else:
+        (env / "bin" / "python").write_text(python)
+    with pytest.raises(BackendUnavailableError, match="python"):
+        _user(env)
 
 
 def test_torchtune_uses_a_users_environment_without_making_one(tmp_path, monkeypatch):
@@ -62,3 +99,14 @@ def test_torchtune_uses_a_users_environment_without_making_one(tmp_path, monkeyp
     assert tt_env.ensure_env(log=lambda line: pytest.fail(f"it tried to make an environment: {line}")) == env
     assert tt_env.device(env) == "cpu"
     assert not (env / tt_env.STAMP).exists()
+
+
+def test_torchtune_does_not_remove_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    tt_env = pytest.importorskip("llmkit_torchtune.env")
+    folder = tmp_path / "someones-venv"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "python").write_text("#!/bin/sh\n")
+    monkeypatch.setenv("LLMKIT_TORCHTUNE_ENV", str(folder))
+    with pytest.raises(BackendUnavailableError, match="no bin/tune"):
+        tt_env.ensure_env(log=lambda line: pytest.fail(f"it tried to make an environment: {line}"))
+    assert (folder / "bin" / "python").exists()

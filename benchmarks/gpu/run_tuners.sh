@@ -57,19 +57,22 @@ step_install() {
   echo "llmkit's packages: pip rc=$?"; tail -3 "$OUT/install.txt"
   $LLMKIT_AXOLOTL_ENV/bin/python -c "import axolotl, torch, transformers; print('axolotl', axolotl.__version__, 'torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)" 2>&1 | tail -2
   $LLMKIT_TORCHTUNE_ENV/bin/python -c "import torchtune, torchao, torch; print('torchtune', torchtune.__version__, 'torchao', torchao.__version__, 'torch', torch.__version__)" 2>&1 | tail -2
-  python3 -c "from llmkit_axolotl import env as a; from llmkit_torchtune import env as t; a.ensure_env(); print('axolotl env', a.user_environment()['torch']); print('torchtune device', t.device())" 2>&1 | tail -3
+  # user_environment only checks (ensure_env would try to build one online if these were not usable)
+  python3 -c "from llmkit_axolotl import env as a; from llmkit_torchtune import env as t; print('axolotl env', a.user_environment()['torch']); print('torchtune env', t.user_environment()['torch'], 'device', t.device())" 2>&1 | tail -3
   [ -d "$model" ] || timeout 200 python3 benchmarks/gpu/tuning_gpu.py make-model --out "$model" 2>&1 | tail -1
 }
 
 step_bench() {
   out="$OUT/tuning_gpu.jsonl"
   common=(--model "$model" --data "$data")
-  runs=${RUNS:-"axolotl:direct torchtune:direct axolotl:llmkit torchtune:llmkit axolotl:direct torchtune:direct axolotl:llmkit torchtune:llmkit"}
+  # One of each per call (about 4 × 1-2 min); RUNS=... for the repeats, in a call of their own.
+  runs=${RUNS:-"axolotl:direct torchtune:direct axolotl:llmkit torchtune:llmkit"}
   for run in $runs; do
     set -- ${run//:/ }
-    timeout 280 python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off "${common[@]}" \
-      > "$OUT/bench-$1-$2.log" 2>&1
+    timeout -k 10 ${RUN_LIMIT:-140} python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off \
+      "${common[@]}" > "$OUT/bench-$1-$2.log" 2>&1
     echo "$run rc=$?"; grep '^RESULT ' "$OUT/bench-$1-$2.log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
+    pkill -9 -f "axolotl train|tune run" 2>/dev/null  # a cut run's trainer (its own process) must not share the GPU with the next
   done
 }
 

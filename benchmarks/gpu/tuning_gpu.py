@@ -22,7 +22,8 @@ is the trainer's `train_runtime` and its peak the last `memory/max_allocated (Gi
 directly is its stock `lora_finetune_single_device` recipe on the config llmkit generates (the model's Hugging
 Face tokenizer needs llmkit's tokenizer component: torchtune's own tokenizers read Llama-3's tiktoken file),
 without llmkit's recipe subclass; its train time runs from the end of the recipe's set-up (its profiler line)
-to its last step line, as llmkit times it, and its peak is the `peak_memory_alloc` it logs.
+to its last step line, as llmkit times it, and its peak is the `peak_memory_alloc` it logs. The direct
+paths' peaks are the largest per-step peak their logs show; through llmkit, the process's whole peak.
 """
 
 from __future__ import annotations
@@ -181,18 +182,20 @@ def direct_axolotl(args, folder: Path) -> dict:
         "adapter": "qlora" if args.method == "qlora" else "lora", "load_in_4bit": args.method == "qlora",
         "lora_r": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"], "lora_target_linear": True,
         "micro_batch_size": args.batch, "gradient_accumulation_steps": 1, "max_steps": args.steps, "num_epochs": 1,
-        "optimizer": "adamw_torch_fused" if cuda else "adamw_torch", "lr_scheduler": "linear", "learning_rate": 2e-4,
+        "optimizer": "adamw_torch_fused", "lr_scheduler": "linear", "learning_rate": 2e-4,
         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": cuda, "tf32": False,
         "gradient_checkpointing": args.gc != "off", "seed": 0, "logging_steps": 1, "save_strategy": "no",
         "shuffle_merged_datasets": False,
+        # as llmkit's mapping fixes them (the rest of its fixed keys are axolotl's defaults or off the training path)
+        "pad_to_sequence_len": False, "group_by_length": False, "dataloader_num_workers": 0, "attn_implementation": "sdpa",
     }
     if not cuda:  # its LoRA Triton kernels switch themselves on and need CUDA
         config.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     variables = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(env),
-                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
+                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
     variables.pop("PYTHONPATH", None)
-    summary, peaks = {}, []
+    summary, peaks, losses = {}, [], []
     for _, line in _stream([str(env / "bin" / "axolotl"), "train", str(folder / "config.yaml"), "--launcher", "python"],
                            variables, folder, folder / "axolotl.log"):
         found = re.search(r"\{'.*\}", line)
@@ -202,6 +205,8 @@ def direct_axolotl(args, folder: Path) -> dict:
             logs = ast.literal_eval(found.group())
         except (ValueError, SyntaxError):
             continue
+        if "loss" in logs:
+            losses.append(float(logs["loss"]))
         if "memory/max_allocated (GiB)" in logs:
             peaks.append(float(logs["memory/max_allocated (GiB)"]))
         if "train_runtime" in logs:
@@ -209,8 +214,7 @@ def direct_axolotl(args, folder: Path) -> dict:
     runtime = float(summary["train_runtime"])
     return {"train_seconds": runtime, "samples_per_second": args.steps * args.batch / runtime, "tokens_per_second": None,
             "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks and max(peaks) > 0 else None,
-            "final_loss": float(summary["train_loss"]) if "train_loss" in summary else None,  # mean over the run, as printed
-            "wall_seconds": time.perf_counter() - start}
+            "final_loss": losses[-1] if losses else None, "wall_seconds": time.perf_counter() - start}
 
 
 def direct_torchtune(args, folder: Path) -> dict:
@@ -235,7 +239,7 @@ def direct_torchtune(args, folder: Path) -> dict:
     config["log_peak_memory_stats"] = True
     (folder / "torchtune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     variables = {**os.environ, "PYTHONPATH": str(RECIPE_DIR), "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
-                 "VIRTUAL_ENV": str(env), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+                 "VIRTUAL_ENV": str(env), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     set_up_at = last_step_at = None
     steps, tokens_per_s, peaks, losses = 0, [], [], []
     for at, line in _stream([str(env / "bin" / "tune"), "run", "lora_finetune_single_device", "--config",

@@ -142,24 +142,45 @@ _TORCH_PROBE = ("import json, torch, importlib.metadata as m\n"
 def probe_torch(env: Path, owner: str) -> dict:
     """What `env`'s Python sees: its torch, the CUDA version that torch was built for (None: the CPU build),
     whether a GPU is visible now, and every installed distribution's version (a few seconds: torch imports)."""
-    done = subprocess.run([str(env / "bin" / "python"), "-c", _TORCH_PROBE], capture_output=True, text=True)
-    if done.returncode:
-        raise BackendUnavailableError(owner, f"{env / 'bin' / 'python'} could not import torch: {done.stderr[-1500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    python = env / "bin" / "python"
+    try:
+        done = subprocess.run([str(python), "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise BackendUnavailableError(owner, f"{python} could not import torch: {done.stderr[-1500:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise BackendUnavailableError(owner, f"{python} does not run as a Python with torch ({type(exc).__name__}: {exc})") from exc
 
 
-def user_environment(env: Path, *, owner: str, tool: str, stamp: str, distribution: str, supported: str) -> dict | None:
+def user_environment(env: Path, *, owner: str, tool: str, stamp: str, requires: dict[str, str],
+                     variable: str) -> dict | None:
     """`env` as the user made it (for instance with a CUDA build of torch, or offline from their own wheels), or
-    None when it is not one: a folder with `bin/<tool>` and no llmkit stamp. llmkit then installs nothing
-    into it and uses it as it is. Its `distribution` must be the release the adapter's mapping is written
-    for (`supported`, a version prefix such as "0.19."): another release is refused, naming both."""
-    if (env / stamp).exists() or not (env / "bin" / tool).exists():
+    None when llmkit may make its own there (no folder, an empty one, or one with llmkit's stamp). A user's
+    environment is a folder with `bin/<tool>` and no llmkit stamp: llmkit installs nothing into it, never
+    removes it, and uses it as it is. `requires` maps distributions to the releases the adapter is written
+    for (version prefixes such as "0.19."); another release is refused, naming both. A folder that is neither
+    (not empty, no stamp, no `bin/<tool>`) is refused: it may be the user's, so llmkit does not touch it."""
+    if (env / stamp).exists() or not env.exists() or not any(env.iterdir()):
         return None
+    pins = " ".join(f"'{name}=={prefix}*'" for name, prefix in requires.items())
+    if not (env / "bin" / tool).exists():
+        raise BackendUnavailableError(owner, f"{env} (from ${variable} or the tuner's env=) is not empty, has no bin/{tool} "
+                                      "and no llmkit stamp: llmkit neither installs into nor removes a folder it did not make; "
+                                      "point it at an environment with its tool, or at an empty or new folder",
+                                      f"{env / 'bin' / 'python'} -m pip install {pins}")
     found = probe_torch(env, owner)
-    version = found["distributions"].get(distribution)
-    if version is None or not version.startswith(supported):
-        raise BackendUnavailableError(owner, f"{env} is an environment of your own (no llmkit stamp), and it holds "
-                                      f"{distribution} {version or 'nothing'}: llmkit's {owner} adapter is written for "
-                                      f"{distribution} {supported}x (or point llmkit elsewhere, and it makes its own)",
-                                      f"{env / 'bin' / 'pip'} install '{distribution}=={supported}*'")
+    for name, prefix in requires.items():
+        version = found["distributions"].get(name)
+        if version is None or not version.startswith(prefix):
+            raise BackendUnavailableError(owner, f"{env} (from ${variable} or the tuner's env=) is an environment of your "
+                                          f"own, and it holds {f'{name} {version}' if version else f'no {name}'}: llmkit's "
+                                          f"{owner} adapter is written for {name} {prefix}x",
+                                          f"{env / 'bin' / 'python'} -m pip install {pins}")
     return found
+
+
+def mark_incomplete(env: Path, stamp: str) -> None:
+    """Before llmkit builds an environment: a stamp that says so, so a half-made one is never taken for a
+    user's environment (it has bin/<tool> but would have no stamp) and is made again."""
+    env.mkdir(parents=True, exist_ok=True)
+    (env / stamp).write_text(json.dumps({"incomplete": True}))

@@ -60,7 +60,7 @@ def test_every_hyper_parameter_is_written(tmp_path, alpaca):
         # 100 examples / 4 = 25 batches, / 2 = 13 steps an epoch (the last one partial), 26 in all; 10 % → 3.
         "warmup_steps": 3,
         # axolotl's own defaults, neutralised
-        "optimizer": "adamw_torch", "train_on_inputs": False, "sample_packing": False, "val_set_size": 0.0,
+        "optimizer": "adamw_torch_fused", "train_on_inputs": False, "sample_packing": False, "val_set_size": 0.0,
         "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
         "excess_length_strategy": "truncate", "shuffle_merged_datasets": False, "logging_steps": 1,
         "auto_resume_from_checkpoints": False, "plugins": ["llmkit_axolotl_bridge.LLMKitBridgePlugin"],

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import shutil
 import subprocess
 import sys
 import tempfile
 import types
+import weakref
 from typing import Any
 
 import sglang_api
@@ -97,6 +99,7 @@ class _TokenizerManager:
             return
         context = zmq.asyncio.Context(2)
         self.ipc_dir = tempfile.mkdtemp(prefix="sglang-standin-")
+        weakref.finalize(self, shutil.rmtree, self.ipc_dir, True)
         self.recv_from_detokenizer = context.socket(zmq.PULL)
         self.recv_from_detokenizer.bind(f"ipc://{self.ipc_dir}/tokenizer")
         self.send_to_scheduler = context.socket(zmq.PUSH)
@@ -110,8 +113,6 @@ class _TokenizerManager:
 
 class Engine:
     """The interface of sglang.srt.entrypoints.engine.Engine that the adapter uses."""
-
-    instances: list["Engine"] = []
 
     def __init__(self, **kwargs: Any) -> None:
         from transformers import AutoTokenizer
@@ -129,7 +130,6 @@ class Engine:
         self.loras: list[tuple[str, str]] = []
         self.shutdown_called = False
         atexit.register(self.shutdown)
-        Engine.instances.append(self)
 
     def get_all_child_pids(self) -> list[int]:
         return [p.pid for p in self.procs]

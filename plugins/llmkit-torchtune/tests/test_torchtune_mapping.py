@@ -58,7 +58,7 @@ def test_every_hyper_parameter_is_written(model_folder):
     assert (config["epochs"], config["max_steps_per_epoch"]) == (2, 12)
     assert config["batch_size"] == 4 and config["gradient_accumulation_steps"] == 2
     assert config["optimizer"] == {"_component_": "torch.optim.AdamW", "lr": 3e-4, "weight_decay": 0.01,
-                                   "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": False}
+                                   "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": False, "fused": True}
     assert config["lr_scheduler"] == {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
                                       "num_warmup_steps": 3}  # ceil(0.1 × 24)
     assert config["clip_grad_norm"] == 0.5

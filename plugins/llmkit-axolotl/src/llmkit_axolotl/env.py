@@ -63,7 +63,7 @@ def is_ready(env: Path | None = None) -> bool:
 def user_environment(env: Path | None = None) -> dict | None:
     """What a user-made environment at `env` holds (None: not one); refused if its axolotl is not 0.19."""
     return venvs.user_environment(env or env_dir(), owner="axolotl", tool="axolotl", stamp=STAMP,
-                                  distribution="axolotl", supported=AXOLOTL_VERSION.rsplit(".", 1)[0] + ".")
+                                  requires={"axolotl": AXOLOTL_VERSION.rsplit(".", 1)[0] + "."}, variable="LLMKIT_AXOLOTL_ENV")
 
 
 def ensure_env(log: Callable[[str], None] = print, env: Path | None = None, python: str | None = None) -> Path:
@@ -89,8 +89,7 @@ def _base_python() -> str:
 def _create(env: Path, log: Callable[[str], None], python: str) -> None:
     start = time.perf_counter()
     log(f"llmkit-axolotl: creating axolotl {AXOLOTL_VERSION}'s environment in {env} (once; several minutes)")
-    if (env / STAMP).exists():
-        (env / STAMP).unlink()
+    venvs.mark_incomplete(env, STAMP)
     _run([python, "-m", "venv", str(env)], log)
     pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
     log(f"llmkit-axolotl: [1/2] torch=={TORCH_VERSION} (pinned first: the CPU build)")

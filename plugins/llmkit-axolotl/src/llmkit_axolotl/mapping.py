@@ -82,7 +82,8 @@ JOB = Mapping(TuneJob, [
     Param("grpo", None, note="method grpo is not offered by this backend"),
 ], fixed={
     # Explicit where axolotl's default differs from transformers' / llmkit's, or changes by itself.
-    "optimizer": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
+    # transformers' own default with torch >= 2.8 (what llmkit's TRL mapping sends), and axolotl's
+    "optimizer": "adamw_torch_fused", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
     "train_on_inputs": False, "sample_packing": False, "pad_to_sequence_len": False,
     "excess_length_strategy": "truncate", "group_by_length": False,
     "shuffle_merged_datasets": False, "shuffle_before_merging_datasets": False,

@@ -136,6 +136,9 @@ class AxolotlTuner(Tuner):
         eval_after = evals[-1] if evals and eval_steps[-1] == steps else None
 
         end = next((r for r in records if r.get("kind") == "end"), {})
+        # transformers' train_runtime includes the evaluations run inside train(): taken out, as TuneResult defines it
+        eval_seconds = sum(r["logs"].get("eval_runtime", 0.0) for r in records if r.get("kind") == "log")
+        train_seconds = summary["train_runtime"] - eval_seconds if "train_runtime" in summary else None
         peak_cuda = end.get("peak_cuda_bytes")
         artifact = run.artifact_path()
         self._hand_over(run, artifact)
@@ -143,7 +146,7 @@ class AxolotlTuner(Tuner):
             backend=self.backend, method=job.method, base_model=base_model, artifact=job.artifact, path=artifact,
             output_dir=job.output_dir, steps=steps, resumed_from_step=resumed_step, train_loss=summary.get("train_loss"),
             eval_loss_before=eval_before, eval_loss_after=eval_after, precision=precision,
-            train_seconds=summary.get("train_runtime"),
+            train_seconds=train_seconds,
             peak_memory_bytes=peak_cuda if peak_cuda is not None else self.peak_rss,
             peak_memory_kind=("torch.cuda.max_memory_allocated in the axolotl process" if peak_cuda is not None
                               else "peak RSS of the axolotl process (wait4 ru_maxrss)"),

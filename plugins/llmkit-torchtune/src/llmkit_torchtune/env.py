@@ -56,7 +56,7 @@ def ready(path: Path | None = None) -> bool:
 def user_environment(path: Path | None = None) -> dict | None:
     """What a user-made environment at `path` holds (None: not one); refused if its torchtune is not 0.6."""
     return venvs.user_environment(path or env_dir(), owner="torchtune", tool="tune", stamp=STAMP,
-                                  distribution="torchtune", supported="0.6.")
+                                  requires={"torchtune": "0.6.", "torchao": "0.15."}, variable="LLMKIT_TORCHTUNE_ENV")
 
 
 def versions(path: Path | None = None) -> dict[str, str]:
@@ -98,10 +98,11 @@ def ensure_env(log: Callable[[str], None] | None = None) -> Path:
         start = time.perf_counter()
         log(f"llmkit-torchtune: creating torchtune's environment in {path} (once; about 2 minutes): "
             + " ".join(REQUIREMENTS))
-        if path.exists():
+        if path.exists():  # llmkit's (stamped) or empty: user_environment refused anything else
             import shutil
 
             shutil.rmtree(path)
+        venvs.mark_incomplete(path, STAMP)
         python = path / "bin" / "python"
         logfile = path.parent / f"{path.name}-install.log"
         steps = [

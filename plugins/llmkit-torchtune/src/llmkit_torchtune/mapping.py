@@ -36,7 +36,8 @@ SCHEDULERS = {
     "constant_with_warmup": "llmkit_tt_recipe.constant_schedule_with_warmup",
 }
 # AdamW's settings beside lr and weight_decay: Hugging Face Trainer's adamw_torch defaults, written out.
-ADAMW = {"_component_": "torch.optim.AdamW", "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": False}
+# fused, as transformers' default optimizer with torch >= 2.8 (what llmkit's TRL and axolotl mappings send)
+ADAMW = {"_component_": "torch.optim.AdamW", "betas": [0.9, 0.999], "eps": 1e-8, "amsgrad": False, "fused": True}
 NO_STEP_EVAL = ("torchtune 0.6.1's single-device recipes have no validation during training; llmkit measures "
                 "validation loss before and after training only (eval_steps=None)")
 

@@ -111,9 +111,10 @@ class TorchtuneTuner(Tuner):
         ckpts.mkdir(parents=True, exist_ok=True)
         state_file = ckpts / "recipe_state" / "recipe_state.pt"
         resume = state_file.exists() and any(self._epoch_complete(p, job) for p in ckpts.glob("epoch_*"))
-        finished = (ckpts / FINISHED).exists()
+        finished = json.loads((ckpts / FINISHED).read_text()) if (ckpts / FINISHED).exists() else None
         environment = None if finished else tt_env.ensure_env()
-        device = tt_env.device(environment) if environment is not None else "cpu"  # finished: only read back
+        # A finished run is only read back, with the device it ran on (runs finished before it was recorded: cpu).
+        device = finished.get("device", "cpu") if finished else tt_env.device(environment)
         config, steps = mapping.build_config(
             job, model_folder=folder, model=model, n_train=len(run.splits.train),
             n_validation=len(run.splits.validation), checkpoints=ckpts, data_dir=run.data_dir, resume=resume,
@@ -123,11 +124,11 @@ class TorchtuneTuner(Tuner):
 
         outcome: dict[str, Any]
         if finished:
-            outcome = json.loads((ckpts / FINISHED).read_text())
+            outcome = finished
             emit(TuneProgress(step=outcome["step"], total_steps=steps.total_steps,
                               message="torchtune had finished this run before; handing over its last epoch"))
         else:
-            outcome = self._run(environment, config_path, ckpts, steps, resume, emit)
+            outcome = {**self._run(environment, config_path, ckpts, steps, resume, emit), "device": device}
             (ckpts / FINISHED).write_text(json.dumps(outcome))
         if outcome["step"] != steps.total_steps:
             raise TuneError(f"torchtune stopped at step {outcome['step']}, planned {steps.total_steps}")
@@ -212,6 +213,7 @@ class TorchtuneTuner(Tuner):
                             f"{steps.checkpoint_every} steps)" + (f"; resumed at step {data['global_step']}" if resume else ""))))
                     elif kind == "eval":
                         if data["phase"] == "before":
+                            train_start = time.perf_counter()  # training starts after this evaluation
                             outcome["eval_before"] = data["loss"]
                             before_file.write_text(json.dumps(data))
                         else:
