@@ -37,6 +37,9 @@ LLAMA_8B = {
     "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
 }
 VOCAB = 128000
+# The engine both benchmarks start (sglang_tp2.py adds tp_size): dummy weights, token-id prompts.
+ENGINE_OPTIONS = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_model_len=4096,
+                      memory_fraction=0.85, max_batch_size=256)
 
 
 def main() -> None:
@@ -53,8 +56,7 @@ def main() -> None:
 
     args.model_dir.mkdir(parents=True, exist_ok=True)
     (args.model_dir / "config.json").write_text(json.dumps(LLAMA_8B))
-    options = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_model_len=4096,
-                   memory_fraction=0.85, max_batch_size=256)
+    options = dict(ENGINE_OPTIONS)
     levels = [int(x) for x in args.concurrency.split(",")]
     start = time.perf_counter()
     engine = llmkit.load("sglang", str(args.model_dir), **options)

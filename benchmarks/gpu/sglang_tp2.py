@@ -13,7 +13,7 @@ import random
 import time
 from pathlib import Path
 
-from sglang_overhead import LLAMA_8B, VOCAB
+from sglang_overhead import ENGINE_OPTIONS, LLAMA_8B, VOCAB
 
 
 def main() -> None:
@@ -26,8 +26,7 @@ def main() -> None:
 
     args.model_dir.mkdir(parents=True, exist_ok=True)
     (args.model_dir / "config.json").write_text(json.dumps(LLAMA_8B))
-    options = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", max_model_len=4096,
-                   memory_fraction=0.85, max_batch_size=256, tp_size=args.tp)
+    options = dict(ENGINE_OPTIONS, tp_size=args.tp)
     result: dict = {"options": options}
     start = time.perf_counter()
     with llmkit.load("sglang", str(args.model_dir), **options) as engine:
