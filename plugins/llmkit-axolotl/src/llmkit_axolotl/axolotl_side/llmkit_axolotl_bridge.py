@@ -6,7 +6,9 @@
 - Evaluates before the first step (`eval_on_start`; axolotl sets it only with eval_steps; left off when
   resuming) and after the last one (transformers evaluates only on multiples of eval_steps), when there is a
   validation set.
-- At the end, on a GPU, torch's peak allocated memory in this process.
+- At the end, on a GPU, torch's peak allocated memory in this process. Axolotl resets torch's peak counters
+  each time it logs (its trainer's `log` reads them through `get_gpu_memory_usage`), so the peak is taken after
+  every step and every evaluation batch, before the log that resets it, and the largest is reported.
 """
 
 import json
@@ -30,6 +32,13 @@ def _number(value):
 class _Events(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
+        self.peak_cuda_bytes = None
+
+    def _track_peak(self):
+        import torch
+
+        if torch.cuda.is_available():
+            self.peak_cuda_bytes = max(self.peak_cuda_bytes or 0, torch.cuda.max_memory_allocated())
 
     def _emit(self, state, kind, **fields):
         if state.is_world_process_zero:
@@ -44,18 +53,20 @@ class _Events(TrainerCallback):
         self._emit(state, "log", logs={key: value for key, value in numbers.items() if value is not None})
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._track_peak()  # before the trainer logs this step (axolotl's log resets the counters)
         if state.global_step >= state.max_steps and self.trainer.eval_dataset is not None:
             control.should_evaluate = True
 
     def on_save(self, args, state, control, **kwargs):
         self._emit(state, "save", checkpoint=f"checkpoint-{state.global_step}")
 
-    def on_train_end(self, args, state, control, **kwargs):
-        import torch
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._track_peak()  # an evaluation batch: its metrics are logged (and the counters reset) after the loop
 
-        # On a GPU, the process's peak of torch's allocated memory (what the other tuners report there).
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-        self._emit(state, "end", peak_cuda_bytes=peak)
+    def on_train_end(self, args, state, control, **kwargs):
+        # On a GPU, the run's peak of torch's allocated memory (what the other tuners report there).
+        self._track_peak()
+        self._emit(state, "end", peak_cuda_bytes=self.peak_cuda_bytes)
 
 
 class LLMKitBridgePlugin(BasePlugin):
