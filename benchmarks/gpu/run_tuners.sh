@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Axolotl and torchtune on the lent GPU machine, through llmkit and called directly, beside TRL and Unsloth
-# (run_unsloth.sh installs those). Each step fits one device call (<= 10 minutes). Not run yet.
+# (run_unsloth.sh installs those). Each step fits one device call (<= 10 minutes). Ran on 2x H200 on 2026-11-28
+# (install, table, then bench alone): benchmarks/README.md. `conformance` has not run yet.
 #
 # Wheels: benchmarks/gpu/tuners-axolotl-wheels.txt and tuners-torchtune-wheels.txt (two sets: axolotl pins
 #   torchao 0.17.0 and datasets 4.8.4, torchtune needs torchao 0.15.0), cut into .gpu-tuners/c00..c05 (346 MiB)
@@ -15,6 +16,8 @@
 # Usage: bash benchmarks/gpu/run_tuners.sh STEP, results under $OUT
 #   install   unpack, check, make both environments and llmkit's own packages, the 1B-shaped model, import checks
 #   bench     benchmarks/gpu/tuning_gpu.py: axolotl and torchtune, through llmkit and directly, one process each
+#   table     two GPUs at once: TRL and Unsloth (with warm-ups and VARIANTS0) on the first, `bench` (then VARIANTS1) on
+#             the second; needs run_unsloth.sh install too
 #   conformance  llmkit conformance tune -b axolotl / -b torchtune (loss falls, artifact serves, resume, bad data)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -84,9 +87,24 @@ step_conformance() {
   (cd "$OUT" && tar czf reports.tgz reports 2>/dev/null)
 }
 
+step_table() {
+  # Two GPUs at once, one process per run on each: TRL and Unsloth on the first (run_unsloth.sh, its own
+  # packages; warm-ups first, then the variants), axolotl and torchtune on the second. The host's cores are shared.
+  (export CUDA_VISIBLE_DEVICES=0 OUT=$OUT/gpu0; mkdir -p $OUT
+   VARIANTS="warm-up-trl warm-up-unsloth" bash benchmarks/gpu/run_unsloth.sh variants
+   RUNS=${RUNS0:-"trl:direct:lora:off unsloth:direct:lora:off trl:llmkit:lora:off unsloth:llmkit:lora:off"} bash benchmarks/gpu/run_unsloth.sh bench
+   VARIANTS=${VARIANTS0:-"unsloth-200 unsloth-200-padding-free-auto trl-200"} bash benchmarks/gpu/run_unsloth.sh variants) > "$OUT/gpu0.txt" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1 OUT=$OUT/gpu1; mkdir -p $OUT; step_bench
+   [ -n "${VARIANTS1:-}" ] && VARIANTS=$VARIANTS1 bash benchmarks/gpu/run_unsloth.sh variants) > "$OUT/gpu1.txt" 2>&1 &
+  wait
+  cat "$OUT/gpu0.txt" "$OUT/gpu1.txt"
+  (cd "$OUT" && tar czf table.tgz gpu0 gpu1 && rm -rf gpu0 gpu1)
+}
+
 case "${1:-}" in
   install) step_install ;;
   bench) step_bench ;;
+  table) step_table ;;
   conformance) step_conformance ;;
   *) echo "usage: run_tuners.sh install|bench|conformance" >&2; exit 2 ;;
 esac

@@ -14,6 +14,8 @@
 #   conformance  llmkit conformance tune -b unsloth (loss falls, artifact serves, resume, bad data, refusals)
 #                and a QLoRA run whose adapter the transformers engine serves
 #   bench        benchmarks/gpu/tuning_gpu.py: TRL and Unsloth, through llmkit and directly, one process each
+#   variants     direct runs that look for what Unsloth needs to be fast (VARIANTS=names; warm-up-trl, warm-up-unsloth:
+#                five steps that take a fresh machine's first-process cost out of the figures)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -67,9 +69,38 @@ step_bench() {
   done
 }
 
+variant() {  # variant TAG "VAR=VALUE ..." ARGS...: one direct run of tuning_gpu.py with its RESULT line tagged
+  tag=$1 vars=$2
+  shift 2
+  env $vars timeout 300 python3 benchmarks/gpu/tuning_gpu.py run --path direct --tag "$tag" "$@" --model "$model" --data "$data" \
+    > "$OUT/variant-$tag.log" 2>&1
+  echo "$tag rc=$?"; grep '^RESULT ' "$OUT/variant-$tag.log" | sed 's/^RESULT //' | tee -a "$OUT/tuning_variants.jsonl" | cut -c1-400
+  grep -h "Unsloth: Padd" "$OUT/variant-$tag.log" | head -2
+}
+
+step_variants() {
+  # What Unsloth needs to be fast here (benchmarks/README.md, "Not established"): a longer run against its
+  # compile cost, block compile off, padding-free batching left to Unsloth, packed 2,048-token rows; and TRL
+  # on the same settings. VARIANTS picks the names, in order.
+  for name in ${VARIANTS:-unsloth-200 unsloth-200-padding-free-auto unsloth-200-no-block-compile unsloth-packed-2048 trl-200 trl-packed-2048}; do
+    case $name in
+      unsloth-200) variant $name "" --backend unsloth --steps 200 ;;
+      unsloth-200-padding-free-auto) variant $name "" --backend unsloth --steps 200 --padding-free auto ;;
+      unsloth-200-no-block-compile) variant $name "UNSLOTH_BLOCK_COMPILE=0" --backend unsloth --steps 200 ;;
+      unsloth-packed-2048) variant $name "" --backend unsloth --packing --seq 2048 --batch 4 --steps 40 --records 1100 ;;
+      trl-200) variant $name "" --backend trl --steps 200 ;;
+      trl-200-padding-free-auto) variant $name "" --backend trl --steps 200 --padding-free auto ;;
+      trl-packed-2048) variant $name "" --backend trl --packing --seq 2048 --batch 4 --steps 40 --records 1100 ;;
+      warm-up-*) variant $name "" --backend ${name#warm-up-} --steps 5 ;;
+      *) echo "unknown variant $name" >&2 ;;
+    esac
+  done
+}
+
 case "${1:-}" in
   install) step_install ;;
   conformance) step_conformance ;;
   bench) step_bench ;;
-  *) echo "usage: run_unsloth.sh install|conformance|bench" >&2; exit 2 ;;
+  variants) step_variants ;;
+  *) echo "usage: run_unsloth.sh install|conformance|bench|variants" >&2; exit 2 ;;
 esac

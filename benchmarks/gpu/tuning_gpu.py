@@ -23,7 +23,11 @@ directly is its stock `lora_finetune_single_device` recipe on the config llmkit 
 Face tokenizer needs llmkit's tokenizer component: torchtune's own tokenizers read Llama-3's tiktoken file),
 without llmkit's recipe subclass; its train time runs from the end of the recipe's set-up (its profiler line)
 to its last step line, as llmkit times it, and its peak is the `peak_memory_alloc` it logs. The direct
-paths' peaks are the largest per-step peak their logs show; through llmkit, the process's whole peak.
+paths' peaks are the largest per-step peak their logs show; through llmkit, `TuneResult.peak_memory_bytes` (for
+Axolotl the largest taken after each step: axolotl resets torch's counters whenever it logs).
+
+Variants (`--packing`, `--padding-free auto`, `UNSLOTH_BLOCK_COMPILE=0` in the environment, `--steps 200`: see
+run_unsloth.sh `variants`) look for what Unsloth needs to be fast; `--tag` names them in the RESULT line.
 """
 
 from __future__ import annotations
@@ -73,8 +77,11 @@ def sft_config(args, output_dir: str, gradient_checkpointing: bool) -> dict:
                 gradient_accumulation_steps=1, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0.0, weight_decay=0.0,
                 max_grad_norm=1.0, max_length=args.seq, seed=0, data_seed=0, save_strategy="no", logging_steps=1, report_to="none",
                 bf16=True, fp16=False, gradient_checkpointing=gradient_checkpointing, disable_tqdm=True, completion_only_loss=True,
-                packing=False, padding_free=False, optim="adamw_torch_fused", dataloader_num_workers=0, eval_accumulation_steps=None,
-                torch_empty_cache_steps=None)
+                packing=args.packing, optim="adamw_torch_fused", dataloader_num_workers=0, eval_accumulation_steps=None,
+                torch_empty_cache_steps=None,
+                # "auto" leaves it unset: Unsloth then chooses padding-free batches by itself, TRL keeps its default;
+                # packed rows take whatever the library does with them
+                **({} if args.padding_free == "auto" or args.packing else {"padding_free": False}))
 
 
 def figures(trainer, output, start: float) -> dict:
@@ -301,12 +308,18 @@ def main() -> None:
     run.add_argument("--steps", type=int, default=60)
     run.add_argument("--batch", type=int, default=8)
     run.add_argument("--seq", type=int, default=512)
+    run.add_argument("--packing", action="store_true", help="pack rows up to --seq tokens (direct TRL and Unsloth only)")
+    run.add_argument("--padding-free", choices=["off", "auto"], default="off",
+                     help="auto: leave padding_free unset, as a user who does not pin it would (direct TRL and Unsloth only)")
+    run.add_argument("--tag", default="", help="a name for this variant, copied into the RESULT line")
     args = parser.parse_args()
     if args.command == "make-model":
         make_model(args.out)
         return
     if args.backend != "unsloth" and args.gc == "unsloth":
         parser.error("--gc unsloth is Unsloth's")
+    if (args.packing or args.padding_free == "auto") and (args.path != "direct" or args.backend not in ("trl", "unsloth")):
+        parser.error("--packing and --padding-free auto are variants of the direct TRL and Unsloth runs")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         direct = {"trl": direct_trl, "unsloth": direct_unsloth, "axolotl": direct_axolotl, "torchtune": direct_torchtune}
@@ -315,7 +328,10 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print("RESULT " + json.dumps({"backend": args.backend, "path": args.path, "method": args.method, "gc": args.gc, "steps": args.steps,
-                                  "batch": args.batch, "seq": args.seq, "device": device, **figures_}), flush=True)
+                                  "batch": args.batch, "seq": args.seq, "records": args.records, "packing": args.packing,
+                                  "padding_free": args.padding_free, "tag": args.tag,
+                                  "unsloth_env": {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") and k != "UNSLOTH_DISABLE_STATISTICS"},
+                                  "device": device, **figures_}), flush=True)
 
 
 if __name__ == "__main__":
