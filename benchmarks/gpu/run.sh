@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see benchmarks/gpu/README.md).
-# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|ray-tp4|quantization|quantization-pair|quantization-quality
+# Usage: bash benchmarks/gpu/run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|tp-conformance|ray-tp4|quantization|quantization-pair|quantization-quality
 # Expects the wheels installed under /tmp/site (../shared/gpu/make-chunks) and writes results to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -69,6 +69,17 @@ case "${1:-}" in
       --out "$OUT/tensor_parallel_ray.json" > "$OUT/tp-ray.log" 2>&1
     echo "rc=$?"; grep -E '^\{' "$OUT/tp-ray.log"; grep -E "Error|Traceback" "$OUT/tp-ray.log" | head -5; tail -3 "$OUT/tp-ray.log" | cut -c1-300
     ;;
+  tp-conformance)
+    # The conformance checks (quality ones left out) on TP=1, TP=2 and TP=2 over Ray, Llama-3-8B shape with dummy
+    # weights and SmolLM2's tokenizer; every status must equal TP=1's. Three engine starts: on a cold machine split
+    # them, SETUPS=tp1,tp2 then SETUPS=tp2-ray, in two calls. Report names hold "=", which the device does not
+    # send back: they travel in a tar.
+    RAY_DEDUP_LOGS=0 timeout "${LIMIT:-570}" python3 benchmarks/gpu/tp_conformance.py --setups "${SETUPS:-tp1,tp2,tp2-ray}" \
+      --out "$OUT/tp-conformance" > "$OUT/tp-conformance${SETUPS:+-${SETUPS//,/-}}.log" 2>&1
+    echo "rc=$?"; grep -hE '^\{|^#   ' "$OUT"/tp-conformance*.log | cut -c1-400
+    python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
+    (cd "$OUT" && tar czf tp-conformance${SETUPS:+-${SETUPS//,/-}}.tgz tp-conformance && rm -rf tp-conformance)
+    ;;
   ray-tp4)
     # Four GPUs, one call: Ray TP=2 on GPUs 0-1 through vLLM 0.26's older executor (RayDistributedExecutor, Ray
     # compiled graphs: VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0; the default RayExecutorV2 stalled on 2x H100, see
@@ -106,5 +117,5 @@ case "${1:-}" in
       --out "$OUT/reports" > "$OUT/quantization-quality.txt" 2>&1
     echo "rc=$?"; grep -E "^\| (row|vllm)" "$OUT/quantization-quality.txt"
     ;;
-  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|ray-tp4|quantization|quantization-pair|quantization-quality" >&2; exit 2 ;;
+  *) echo "usage: run.sh test|conformance|test+conformance|test+concurrency+conformance|conformance-transformers|concurrency|tp|tp-ray|tp-conformance|ray-tp4|quantization|quantization-pair|quantization-quality" >&2; exit 2 ;;
 esac
