@@ -70,11 +70,13 @@ step_bench() {
   common=(--model "$model" --data "$data")
   # One of each per call (about 4 × 1-2 min); RUNS=... for the repeats, in a call of their own.
   runs=${RUNS:-"axolotl:direct torchtune:direct axolotl:llmkit torchtune:llmkit"}
+  n=0
   for run in $runs; do
     set -- ${run//:/ }
+    n=$((n + 1)) log="$OUT/bench-$n-$1-$2.log"  # numbered: a repeated run keeps its own log
     timeout -k 10 ${RUN_LIMIT:-140} python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off \
-      "${common[@]}" > "$OUT/bench-$1-$2.log" 2>&1
-    echo "$run rc=$?"; grep '^RESULT ' "$OUT/bench-$1-$2.log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
+      "${common[@]}" > "$log" 2>&1
+    echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
     pkill -9 -f "axolotl train|tune run" 2>/dev/null  # a cut run's trainer (its own process) must not share the GPU with the next
   done
 }
@@ -106,5 +108,5 @@ case "${1:-}" in
   bench) step_bench ;;
   table) step_table ;;
   conformance) step_conformance ;;
-  *) echo "usage: run_tuners.sh install|bench|conformance" >&2; exit 2 ;;
+  *) echo "usage: run_tuners.sh install|bench|table|conformance" >&2; exit 2 ;;
 esac

@@ -91,7 +91,10 @@ def figures(trainer, output, start: float) -> dict:
     runtime = output.metrics["train_runtime"]
     return {"train_seconds": runtime, "samples_per_second": trainer.state.global_step * trainer.args.per_device_train_batch_size / runtime,
             "tokens_per_second": tokens / runtime if tokens else None, "tokens": tokens, "peak_bytes": torch.cuda.max_memory_allocated(),
-            "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), "wall_seconds": time.perf_counter() - start}
+            "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), "wall_seconds": time.perf_counter() - start,
+            # what the trainer ran with: TRL turns padding-free on for packed rows, Unsloth by itself when it is unset
+            "padding_free_used": getattr(trainer, "padding_free", getattr(trainer.args, "padding_free", None)),
+            "attention": getattr(trainer.model.config, "_attn_implementation", None)}
 
 
 def direct_unsloth(args, folder: Path) -> dict:
