@@ -94,7 +94,7 @@ def figures(trainer, output, start: float) -> dict:
             "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), "wall_seconds": time.perf_counter() - start,
             # what the trainer ran with: TRL turns padding-free on for packed rows, Unsloth by itself when it is unset
             "padding_free_used": getattr(trainer, "padding_free", getattr(trainer.args, "padding_free", None)),
-            "attention": getattr(trainer.model.config, "_attn_implementation", None)}
+            "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None)}
 
 
 def direct_unsloth(args, folder: Path) -> dict:
@@ -324,6 +324,8 @@ def main() -> None:
     if (args.packing or args.padding_free == "auto") and (args.path != "direct" or args.backend not in ("trl", "unsloth")):
         parser.error("--packing and --padding-free auto are variants of the direct TRL and Unsloth runs")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # the UNSLOTH_* settings this run was started with (Unsloth adds its own to os.environ when imported)
+    unsloth_env = {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") and k != "UNSLOTH_DISABLE_STATISTICS"}
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         direct = {"trl": direct_trl, "unsloth": direct_unsloth, "axolotl": direct_axolotl, "torchtune": direct_torchtune}
         figures_ = (via_llmkit if args.path == "llmkit" else direct[args.backend])(args, Path(tmp))
@@ -333,7 +335,7 @@ def main() -> None:
     print("RESULT " + json.dumps({"backend": args.backend, "path": args.path, "method": args.method, "gc": args.gc, "steps": args.steps,
                                   "batch": args.batch, "seq": args.seq, "records": args.records, "packing": args.packing,
                                   "padding_free": args.padding_free, "tag": args.tag,
-                                  "unsloth_env": {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") and k != "UNSLOTH_DISABLE_STATISTICS"},
+                                  "unsloth_env": unsloth_env,
                                   "device": device, **figures_}), flush=True)
 
 
