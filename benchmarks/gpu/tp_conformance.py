@@ -69,6 +69,7 @@ def main() -> None:
                          on_progress=lambda name: print(f"# {setup}: {name}", flush=True))
         except Exception as exc:  # noqa: BLE001 - a set-up that does not start is a result too
             print(json.dumps({"setup": setup, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            statuses[setup] = {name: "did not start" for name in checks}  # differs from TP=1 in the table below
             continue
         paths = write(report, args.out)
         statuses[setup] = {r["name"]: r["status"] for r in report["checks"]}
