@@ -310,7 +310,8 @@ class TokenLogprob(LLMKitModel):
     token_id: int
     token: str
     logprob: float = Field(description="A log-probability: <= 0 up to rounding. Not clamped: a positive value is a bug to see.")
-    rank: int | None = Field(None, ge=1, description="1 + how many tokens were more likely (1: the top choice), as vLLM reports it.")
+    rank: int | None = Field(None, ge=1, description="The token's rank as vLLM reports it: how many tokens were at least as likely, itself "
+                               "included (1: the top choice; a token tied exactly with others counts them too).")
     top: dict[int, float] = Field(default_factory=dict, description="Top alternatives: token id → logprob.")
 
 

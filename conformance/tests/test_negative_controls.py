@@ -248,13 +248,38 @@ class RefusesEverything(Broken):
     generate = chat = stream = astream = agenerate = achat = _refuse
 
 
+class RankCountsItselfTwice(Broken):
+    """1 + how many tokens are at least as likely, the token itself included: every rank one too high."""
+
+    def generate(self, inputs, params=None, **kw):
+        out = self._engine.generate(inputs, params, **kw)
+        for c in out:
+            for lp in c.logprobs or []:
+                object.__setattr__(lp, "rank", lp.rank + 1)
+        return out
+
+
+class TiedAlternative(Broken):
+    """Not a bug: another token exactly as likely as the greedy one, which vLLM counts in the rank (`>=`), as
+    on TP=2 with dummy weights (2026-11-28: rank 2, two tokens at -10.802657127380371)."""
+
+    def generate(self, inputs, params=None, **kw):
+        out = self._engine.generate(inputs, params, **kw)
+        for c in out:
+            for lp in c.logprobs or []:
+                other = next(t for t in lp.top if t != lp.token_id)
+                object.__setattr__(lp, "top", {**lp.top, other: lp.logprob})
+                object.__setattr__(lp, "rank", 2)
+        return out
+
+
 BREAKAGES = {  # check → the realistic bugs that must make it fail
     "greedy_repeatable": [Nondeterministic],
     "stream_matches_generate": [CumulativeStream],
     "stop_strings": [IgnoresStop, StreamsStopString],
     "max_tokens_exact": [OffByOne],
     "seed": [IgnoresSeed],
-    "logprobs": [UnnormalisedLogprobs],
+    "logprobs": [UnnormalisedLogprobs, RankCountsItselfTwice],
     "batch_matches_single": [ClaimsBatchInvariance],
     "prefix_cache": [ClaimsPrefixCache],
     "constraint_choice": [DropsConstraint],
@@ -278,6 +303,11 @@ def test_every_check_has_a_negative_control():
 @pytest.mark.parametrize("name", sorted(set(CHECKS) - NEEDS_REAL_MODEL - NOT_DECLARED_BY_TRANSFORMERS - DESTRUCTIVE))
 def test_check_passes_on_the_real_engine(tiny_engine, name):
     result = run_check(name, tiny_engine)
+    assert result.status == "passed", (result.detail, result.data)
+
+
+def test_logprobs_accepts_a_rank_behind_exact_ties(tiny_engine):
+    result = run_check("logprobs", TiedAlternative(tiny_engine))
     assert result.status == "passed", (result.detail, result.data)
 
 

@@ -138,18 +138,19 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 def top_logprobs(logprobs_row, token: int, k: int, token_text: Callable[[int], str]) -> TokenLogprob:
     """A TokenLogprob from one row of log-probabilities (a torch tensor or numpy array): the token's
-    logprob, its rank (1 + how many tokens are more likely, as vLLM counts) and the k most likely."""
+    logprob, its rank (how many tokens are at least as likely, itself included, as vLLM counts: a token tied
+    exactly with others ranks behind them) and the k most likely."""
     top: dict[int, float] = {}
     chosen = logprobs_row[token]
     try:  # torch
-        rank = int((logprobs_row > chosen).sum()) + 1
+        rank = int((logprobs_row >= chosen).sum())
         if k:
             values, ids = logprobs_row.topk(k)
             top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist())}
     except AttributeError:  # numpy
         import numpy as np
 
-        rank = int(np.count_nonzero(logprobs_row > chosen)) + 1
+        rank = int(np.count_nonzero(logprobs_row >= chosen))
         if k:
             ids = np.argpartition(-logprobs_row, k - 1)[:k]
             ids = ids[np.argsort(-logprobs_row[ids])]
