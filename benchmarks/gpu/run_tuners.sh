@@ -18,6 +18,9 @@
 #   bench     benchmarks/gpu/tuning_gpu.py: axolotl and torchtune, through llmkit and directly, one process each
 #   table     two GPUs at once: TRL and Unsloth (with warm-ups and VARIANTS0) on the first, `bench` (then VARIANTS1) on
 #             the second; needs run_unsloth.sh install too
+#   repeats   `table` without the variants, each backend's paths in the order direct, llmkit, llmkit, direct (a drift
+#             over the call falls on both paths alike), after warm-ups (the first axolotl run builds its Triton
+#             kernels): llmkit against direct, pair by pair
 #   conformance  llmkit conformance tune -b axolotl / -b torchtune (loss falls, artifact serves, resume, bad data)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -77,7 +80,8 @@ step_bench() {
     timeout -k 10 ${RUN_LIMIT:-140} python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off \
       "${common[@]}" > "$log" 2>&1
     echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
-    pkill -9 -f "axolotl train|tune run" 2>/dev/null  # a cut run's trainer (its own process) must not share the GPU with the next
+    # No pkill of the trainers here: timeout signals its whole process group (the trainer included), and a pkill by
+    # name also killed the other GPU's runs when two bench loops shared the machine (2026-11-28: two direct runs, -9).
   done
 }
 
@@ -107,6 +111,10 @@ case "${1:-}" in
   install) step_install ;;
   bench) step_bench ;;
   table) step_table ;;
+  repeats)
+    abba() { echo "$1:direct${2:-} $1:llmkit${2:-} $1:llmkit${2:-} $1:direct${2:-}"; }
+    RUNS0="$(abba trl :lora:off) $(abba unsloth :lora:off)" VARIANTS0=" " \
+      RUNS="axolotl:direct $(abba axolotl) $(abba torchtune)" step_table ;;
   conformance) step_conformance ;;
-  *) echo "usage: run_tuners.sh install|bench|table|conformance" >&2; exit 2 ;;
+  *) echo "usage: run_tuners.sh install|bench|table|repeats|conformance" >&2; exit 2 ;;
 esac

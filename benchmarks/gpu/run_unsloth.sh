@@ -60,12 +60,14 @@ step_bench() {
   common=(--model "$model" --data "$data")
   # Alternating paths and backends, one process per run; then the variants that explain the figures.
   runs=${RUNS:-"trl:direct:lora:off trl:llmkit:lora:off unsloth:direct:lora:off unsloth:llmkit:lora:off unsloth:llmkit:lora:unsloth trl:llmkit:lora:on unsloth:llmkit:qlora:off trl:llmkit:qlora:off"}
+  n=0
   for run in $runs; do
     run=${run//:/ }
     set -- $run
+    n=$((n + 1)) log="$OUT/bench-$n-$1-$2-$3-$4.log"  # numbered: a repeated run keeps its own log
     timeout 240 python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method "$3" --gc "$4" "${common[@]}" \
-      > "$OUT/bench-$1-$2-$3-$4.log" 2>&1
-    echo "$run rc=$?"; grep '^RESULT ' "$OUT/bench-$1-$2-$3-$4.log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
+      > "$log" 2>&1
+    echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
   done
 }
 

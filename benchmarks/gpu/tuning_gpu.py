@@ -44,6 +44,9 @@ import time
 from pathlib import Path
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+# llmkit's jobs checkpoint every CHECKPOINT_STEPS (never, in 60 steps) and transformers then saves once at the last
+# step, inside its train_runtime; the direct runs ask for the same, so both do that work.
+CHECKPOINT_STEPS = 10_000
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # all-linear on Llama
 
 
@@ -75,7 +78,8 @@ def rows(data: Path, records: int) -> list[dict]:
 def sft_config(args, output_dir: str, gradient_checkpointing: bool) -> dict:
     return dict(output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch, per_device_eval_batch_size=args.batch,
                 gradient_accumulation_steps=1, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0.0, weight_decay=0.0,
-                max_grad_norm=1.0, max_length=args.seq, seed=0, data_seed=0, save_strategy="no", logging_steps=1, report_to="none",
+                max_grad_norm=1.0, max_length=args.seq, seed=0, data_seed=0, save_strategy="steps", save_steps=CHECKPOINT_STEPS,
+                logging_steps=1, report_to="none",
                 bf16=True, fp16=False, gradient_checkpointing=gradient_checkpointing, disable_tqdm=True, completion_only_loss=True,
                 packing=args.packing, optim="adamw_torch_fused", dataloader_num_workers=0, eval_accumulation_steps=None,
                 torch_empty_cache_steps=None,
@@ -84,7 +88,31 @@ def sft_config(args, output_dir: str, gradient_checkpointing: bool) -> dict:
                 **({} if args.padding_free == "auto" or args.packing else {"padding_free": False}))
 
 
-def figures(trainer, output, start: float) -> dict:
+def steady_step_ms(times: dict[int, float], skip: int = 10) -> float | None:
+    """The median time between consecutive steps' loss reports after the first `skip` steps (compilation,
+    autotuning and the first batches' allocations fall in those): llmkit's cost per step, apart from its fixed
+    costs at the start and end. `times`: step → seconds on any clock."""
+    steps = sorted(s for s in times if s > skip)
+    gaps = sorted(times[b] - times[a] for a, b in zip(steps, steps[1:]) if b == a + 1)
+    return round(1000 * gaps[len(gaps) // 2], 2) if gaps else None
+
+
+def _step_clock():
+    """A trainer callback taking the time each step's loss is logged (direct TRL and Unsloth)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: dict[int, float] = {}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.times[state.global_step] = time.perf_counter()
+
+    return StepClock()
+
+
+def figures(trainer, output, start: float, clock=None) -> dict:
     import torch
 
     tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), None)
@@ -94,7 +122,8 @@ def figures(trainer, output, start: float) -> dict:
             "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), "wall_seconds": time.perf_counter() - start,
             # what the trainer ran with: TRL turns padding-free on for packed rows, Unsloth by itself when it is unset
             "padding_free_used": getattr(trainer, "padding_free", getattr(trainer.args, "padding_free", None)),
-            "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None)}
+            "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
+            "step_ms": steady_step_ms(clock.times) if clock else None}
 
 
 def direct_unsloth(args, folder: Path) -> dict:
@@ -114,10 +143,10 @@ def direct_unsloth(args, folder: Path) -> dict:
         model, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=TARGETS, bias="none",
         use_gradient_checkpointing={"off": False, "on": True, "unsloth": "unsloth"}[args.gc], random_state=0, max_seq_length=args.seq)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows(args.data, args.records)),
-                         args=SFTConfig(**sft_config(args, str(folder / "out"), args.gc != "off")))
+                         args=SFTConfig(**sft_config(args, str(folder / "out"), args.gc != "off")), callbacks=[clock := _step_clock()])
     torch.cuda.reset_peak_memory_stats()
     output = trainer.train()
-    return figures(trainer, output, start)
+    return figures(trainer, output, start, clock)
 
 
 def direct_trl(args, folder: Path) -> dict:
@@ -138,10 +167,10 @@ def direct_trl(args, folder: Path) -> dict:
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows(args.data, args.records)),
                          args=SFTConfig(**sft_config(args, str(folder / "out"), args.gc != "off")),
                          peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear",
-                                                bias="none", task_type="CAUSAL_LM"))
+                                                bias="none", task_type="CAUSAL_LM"), callbacks=[clock := _step_clock()])
     torch.cuda.reset_peak_memory_stats()
     output = trainer.train()
-    return figures(trainer, output, start)
+    return figures(trainer, output, start, clock)
 
 
 def _cuda() -> bool:
@@ -194,7 +223,7 @@ def direct_axolotl(args, folder: Path) -> dict:
         "micro_batch_size": args.batch, "gradient_accumulation_steps": 1, "max_steps": args.steps, "num_epochs": 1,
         "optimizer": "adamw_torch_fused", "lr_scheduler": "linear", "learning_rate": 2e-4,
         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": cuda, "tf32": False,
-        "gradient_checkpointing": args.gc != "off", "seed": 0, "logging_steps": 1, "save_strategy": "no",
+        "gradient_checkpointing": args.gc != "off", "seed": 0, "logging_steps": 1, "save_steps": CHECKPOINT_STEPS,
         "shuffle_merged_datasets": False,
         # as llmkit's mapping fixes them (the rest of its fixed keys are axolotl's defaults or off the training path)
         "pad_to_sequence_len": False, "group_by_length": False, "dataloader_num_workers": 0, "attn_implementation": "sdpa",
@@ -205,8 +234,8 @@ def direct_axolotl(args, folder: Path) -> dict:
     variables = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(env),
                  "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
     variables.pop("PYTHONPATH", None)
-    summary, peaks, losses = {}, [], []
-    for _, line in _stream([str(env / "bin" / "axolotl"), "train", str(folder / "config.yaml"), "--launcher", "python"],
+    summary, peaks, losses, times = {}, [], [], {}
+    for at, line in _stream([str(env / "bin" / "axolotl"), "train", str(folder / "config.yaml"), "--launcher", "python"],
                            variables, folder, folder / "axolotl.log"):
         found = re.search(r"\{'.*\}", line)
         if not found:
@@ -217,6 +246,7 @@ def direct_axolotl(args, folder: Path) -> dict:
             continue
         if "loss" in logs:
             losses.append(float(logs["loss"]))
+            times[len(losses)] = at  # logging_steps 1: the n-th loss line is step n
         if "memory/max_allocated (GiB)" in logs:
             peaks.append(float(logs["memory/max_allocated (GiB)"]))
         if "train_runtime" in logs:
@@ -224,7 +254,8 @@ def direct_axolotl(args, folder: Path) -> dict:
     runtime = float(summary["train_runtime"])
     return {"train_seconds": runtime, "samples_per_second": args.steps * args.batch / runtime, "tokens_per_second": None,
             "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks and max(peaks) > 0 else None,
-            "final_loss": losses[-1] if losses else None, "wall_seconds": time.perf_counter() - start}
+            "final_loss": losses[-1] if losses else None, "wall_seconds": time.perf_counter() - start,
+            "step_ms": steady_step_ms(times)}
 
 
 def direct_torchtune(args, folder: Path) -> dict:
@@ -251,7 +282,7 @@ def direct_torchtune(args, folder: Path) -> dict:
     variables = {**os.environ, "PYTHONPATH": str(RECIPE_DIR), "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}",
                  "VIRTUAL_ENV": str(env), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     set_up_at = last_step_at = None
-    steps, tokens_per_s, peaks, losses = 0, [], [], []
+    steps, tokens_per_s, peaks, losses, times = 0, [], [], [], {}
     for at, line in _stream([str(env / "bin" / "tune"), "run", "lora_finetune_single_device", "--config",
                              str(folder / "torchtune.yaml")], variables, RECIPE_DIR, folder / "torchtune.log"):
         if "Profiler config after instantiation" in line:
@@ -259,7 +290,7 @@ def direct_torchtune(args, folder: Path) -> dict:
         step = parse_step_line(line)
         if step is not None:
             steps, values = step
-            last_step_at = at
+            last_step_at = times[steps] = at
             losses.append(values.get("loss"))
             tokens_per_s.append(values.get("tokens_per_second_per_gpu"))
             if values.get("peak_memory_alloc"):
@@ -268,7 +299,8 @@ def direct_torchtune(args, folder: Path) -> dict:
     runtime = last_step_at - set_up_at
     return {"train_seconds": runtime, "samples_per_second": steps * args.batch / runtime,
             "tokens_per_second": None, "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks else None,
-            "final_loss": losses[-1], "wall_seconds": time.perf_counter() - start, "device": device, "llmkit": llmkit.__version__}
+            "final_loss": losses[-1], "wall_seconds": time.perf_counter() - start, "device": device, "llmkit": llmkit.__version__,
+            "step_ms": steady_step_ms(times)}
 
 
 def _job(args, folder: Path) -> dict:
@@ -278,7 +310,7 @@ def _job(args, folder: Path) -> dict:
             "max_steps": args.steps, "batch_size": args.batch, "gradient_accumulation_steps": 1, "learning_rate": 2e-4,
             "lr_scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_seq_length": args.seq,
             "precision": "bf16" if _cuda() else "fp32", "gradient_checkpointing": args.gc != "off", "seed": 0,
-            "checkpoint_steps": 10_000, "split": {"train": 1.0, "test": 0.0}}
+            "checkpoint_steps": CHECKPOINT_STEPS, "split": {"train": 1.0, "test": 0.0}}
 
 
 def via_llmkit(args, folder: Path) -> dict:
@@ -292,7 +324,8 @@ def via_llmkit(args, folder: Path) -> dict:
     train_seconds = result.train_seconds
     return {"train_seconds": train_seconds, "samples_per_second": samples / train_seconds, "tokens_per_second": result.tokens_per_second,
             "tokens": result.train_tokens, "peak_bytes": result.peak_memory_bytes, "final_loss": next((h.loss for h in reversed(result.history) if h.loss is not None), None),
-            "wall_seconds": time.perf_counter() - start, "versions": result.versions}
+            "wall_seconds": time.perf_counter() - start, "versions": result.versions,
+            "step_ms": steady_step_ms({h.step: h.elapsed_s for h in result.history if h.loss is not None and h.step})}
 
 
 def main() -> None:
