@@ -18,6 +18,7 @@ What tests may inspect or inject (beside real traffic):
     fail_after_chunks   an `{"error": ...}` line mid-stream after that many lines
     reply_error         (status, message): generation requests get that `{"error": ...}` reply
     hold                while set, generation requests get no reply at all (a server that never answers)
+    line_delay          seconds to wait before each streamed line (a slower model: a reply that lasts)
 
 Run on its own (a process a test can kill): python ollama_protocol.py [--port N] [--model-name NAME]
 [--n-threads N]; it prints its URL once it serves.
@@ -52,6 +53,7 @@ class OllamaProtocolServer:
         self.fail_after_chunks: int | None = None  # inject an {"error": ...} line mid-stream
         self.reply_error: tuple[int, str] | None = None  # inject an error reply to generation requests
         self.hold = threading.Event()  # while set, generation requests get no reply
+        self.line_delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
         self.disconnects = 0
@@ -219,6 +221,8 @@ class OllamaProtocolServer:
             def _stream_lines(self, stream, chat: bool, model: str, start: int, n_prompt: int) -> None:
                 sent, first, tokens = 0, None, 0
                 for chunk in stream:
+                    if server.line_delay:
+                        time.sleep(server.line_delay)
                     if self._client_gone():
                         raise _ClientGone
                     if server.fail_after_chunks is not None and sent >= server.fail_after_chunks:
