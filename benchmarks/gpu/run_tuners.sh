@@ -80,8 +80,9 @@ step_bench() {
     timeout -k 10 ${RUN_LIMIT:-140} python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off \
       "${common[@]}" > "$log" 2>&1
     echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
-    # No pkill of the trainers here: timeout signals its whole process group (the trainer included), and a pkill by
-    # name also killed the other GPU's runs when two bench loops shared the machine (2026-11-28: two direct runs, -9).
+    # No pkill of the trainers here: a pkill by name also killed the other GPU's runs when two bench loops shared the
+    # machine (2026-11-28: two direct runs, -9). timeout signals its process group; trainers llmkit starts in a session
+    # of their own (torchtune, Unsloth) are stopped by llmkit on the way out (tuning_gpu.py turns SIGTERM into exit).
   done
 }
 

@@ -17,7 +17,7 @@ logits, which is why every status is compared with TP=1's rather than required t
 
 Ran on 2x H200 (2026-11-28, vLLM 0.26, three calls: SETUPS=tp1, tp2, tp2-ray): TP=1 18 of 18 passed (184 s, the
 machine's first vLLM start), TP=2 mp and TP=2 Ray 17 of 18 (111 s, 136 s): `logprobs` saw the greedy token at
-rank 2, tied exactly with another token (-10.802657127380371 both), which vLLM counts (`>=`). The check now allows
+rank 2, tied exactly with another token (-10.802657127380371 both), which vLLM's sampler counts (`>=`). The check now allows
 a rank behind exact ties; these reports were written before that. benchmarks/results/gpu/tp_conformance_2xh200/.
 """
 

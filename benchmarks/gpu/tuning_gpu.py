@@ -37,6 +37,7 @@ import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -329,6 +330,8 @@ def via_llmkit(args, folder: Path) -> dict:
 
 
 def main() -> None:
+    # timeout's SIGTERM as an exit, so that llmkit's tuners stop the trainers they started in sessions of their own
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make-model")

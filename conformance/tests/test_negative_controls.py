@@ -259,6 +259,17 @@ class RankCountsItselfTwice(Broken):
         return out
 
 
+class RankCountsOnlyBetter(Broken):
+    """How many tokens are more likely, without the token itself (the kit's formula missing its + 1): rank 0 on top."""
+
+    def generate(self, inputs, params=None, **kw):
+        out = self._engine.generate(inputs, params, **kw)
+        for c in out:
+            for lp in c.logprobs or []:
+                object.__setattr__(lp, "rank", lp.rank - 1)
+        return out
+
+
 class TiedAlternative(Broken):
     """Not a bug: another token exactly as likely as the greedy one, which vLLM counts in the rank (`>=`), as
     on TP=2 with dummy weights (2026-11-28: rank 2, two tokens at -10.802657127380371)."""
@@ -279,7 +290,7 @@ BREAKAGES = {  # check → the realistic bugs that must make it fail
     "stop_strings": [IgnoresStop, StreamsStopString],
     "max_tokens_exact": [OffByOne],
     "seed": [IgnoresSeed],
-    "logprobs": [UnnormalisedLogprobs, RankCountsItselfTwice],
+    "logprobs": [UnnormalisedLogprobs, RankCountsItselfTwice, RankCountsOnlyBetter],
     "batch_matches_single": [ClaimsBatchInvariance],
     "prefix_cache": [ClaimsPrefixCache],
     "constraint_choice": [DropsConstraint],

@@ -259,3 +259,16 @@ def test_only_sample_zero_carries_the_prompt_logprobs(tok, decoders):
         chunks = [c for out in outs for c in reader.feed(out)]
         assert all(c.index == index for c in chunks)
         assert (chunks[0].prompt_logprobs is not None) == sends
+
+
+def test_rank_counts_ties_over_the_whole_top_row_and_is_none_when_the_row_may_be_cut():
+    from llmkit_sglang.mapping import logprob_entry
+
+    text = str
+    # token 7 at -2.0; the row (k=2 shown) holds a tie at -2.0 beyond the cut and a less likely token
+    row = [(-1.0, 1, None), (-2.0, 7, None), (-2.0, 9, None), (-3.0, 4, None)]
+    assert logprob_entry((-2.0, 7, "x"), row, 2, text).rank == 3  # token 1 above, token 9 tied, itself
+    assert logprob_entry((-1.0, 1, "x"), row, 2, text).rank == 1
+    # no entry less likely than the token: tokens as likely may lie past the row
+    assert logprob_entry((-3.5, 5, "x"), [(-1.0, 1, None), (-2.0, 2, None)], 2, text).rank is None
+    assert logprob_entry((-2.0, 2, "x"), [(-1.0, 1, None), (-2.0, 2, None)], 2, text).rank is None

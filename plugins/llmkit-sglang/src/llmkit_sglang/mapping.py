@@ -170,12 +170,12 @@ def logprob_entry(entry: Any, top_row: Any, k: int, token_text: Callable[[int], 
     """One (logprob, token id, text) tuple of SGLang's logprob lists, with its top row, → TokenLogprob."""
     logprob, token, text = entry
     top = {int(t): float(v) for v, t, _ in (top_row or [])[:k]}
-    # rank, as vLLM counts it: 1 + how many other tokens were at least as likely (exact ties included). Exact where
-    # some top entry is the token or less likely (then every more likely token is in the list); unknown (None)
-    # where all k are more likely.
-    better = sum(1 for value in top.values() if value > logprob)
-    tied = sum(1 for t, value in top.items() if value == logprob and t != int(token))
-    rank = better + tied + 1 if better < len(top) else None
+    # rank, as vLLM's sampler counts it: 1 + how many other tokens were at least as likely (exact ties included),
+    # counted over the whole top row SGLang sent. Exact only where some entry is less likely than the token (then
+    # every token at least as likely is in the row); unknown (None) otherwise.
+    row = [(float(v), int(t)) for v, t, _ in (top_row or [])]
+    at_least = sum(1 for value, t in row if value >= logprob and t != int(token))
+    rank = at_least + 1 if any(value < logprob for value, _ in row) else None
     return TokenLogprob.model_construct(token_id=int(token), token=text if text is not None else token_text(int(token)),
                                         logprob=float(logprob), rank=rank, top=top)
 
