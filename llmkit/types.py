@@ -310,9 +310,8 @@ class TokenLogprob(LLMKitModel):
     token_id: int
     token: str
     logprob: float = Field(description="A log-probability: <= 0 up to rounding. Not clamped: a positive value is a bug to see.")
-    rank: int | None = Field(None, ge=1, description="The token's rank as vLLM reports it: how many tokens were at least as likely, itself "
-                               "included (1: the top choice), as vLLM's sampler counts it; a token tied exactly with others may come "
-                               "back as 1 or behind them (vLLM reports a token also in the top k at its place there).")
+    rank: int | None = Field(None, ge=1, description="How many tokens were at least as likely, itself included (1: the top choice), "
+                               "as vLLM's sampler counts; a token tied exactly with others may come back as 1 or behind them.")
     top: dict[int, float] = Field(default_factory=dict, description="Top alternatives: token id → logprob.")
 
 
