@@ -21,6 +21,8 @@
 #   repeats   `table` without the variants, each backend's paths in the order direct, llmkit, llmkit, direct (a drift
 #             over the call falls on both paths alike), after warm-ups (the first axolotl run builds its Triton
 #             kernels): llmkit against direct, pair by pair
+#   pairs     one GPU, quiet: for each backend in PAIRS (trl, unsloth, axolotl, torchtune) a warm-up, then direct, llmkit,
+#             llmkit, direct on BENCH_ARGS (130 steps of 1,100 records); results in pairs.jsonl, logs in pairs-logs.tgz
 #   conformance  llmkit conformance tune -b axolotl / -b torchtune (loss falls, artifact serves, resume, bad data)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,7 +80,7 @@ step_bench() {
     set -- ${run//:/ }
     n=$((n + 1)) log="$OUT/bench-$n-$1-$2.log"  # numbered: a repeated run keeps its own log
     timeout -k 10 ${RUN_LIMIT:-140} python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method lora --gc off \
-      "${common[@]}" > "$log" 2>&1
+      "${common[@]}" --keep "$OUT/logs-$n-$1-$2" ${BENCH_ARGS:-} > "$log" 2>&1
     echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
     # No pkill of the trainers here: a pkill by name also killed the other GPU's runs when two bench loops shared the
     # machine (2026-11-28: two direct runs, -9). timeout signals its process group; trainers llmkit starts in a session
@@ -116,6 +118,26 @@ case "${1:-}" in
     abba() { echo "$1:direct${2:-} $1:llmkit${2:-} $1:llmkit${2:-} $1:direct${2:-}"; }
     RUNS0="$(abba trl :lora:off) $(abba unsloth :lora:off)" VARIANTS0=" " \
       RUNS="axolotl:direct $(abba axolotl) $(abba torchtune)" step_table ;;
+  pairs)
+    # One GPU and nothing else on the host: for each backend in PAIRS, a five-step warm-up (the first axolotl run builds
+    # its Triton kernels; every first process reads the model cold), then direct, llmkit, llmkit, direct on BENCH_ARGS
+    # (default: 130 steps over 1,100 records, one epoch, so that fixed costs weigh less than in 60 steps); then a tar.
+    abba() { echo "$1:direct${2:-} $1:llmkit${2:-} $1:llmkit${2:-} $1:direct${2:-}"; }
+    export BENCH_ARGS=${BENCH_ARGS:-"--records 1100 --steps 130"} RUN_LIMIT=${RUN_LIMIT:-200}
+    for backend in ${PAIRS:-trl torchtune axolotl}; do
+      warm="--records 1100 --steps 5"
+      case $backend in
+        trl|unsloth)
+          (export OUT=$OUT/$backend-warm-up; BENCH_ARGS=$warm RUNS="$backend:direct:lora:off" bash benchmarks/gpu/run_unsloth.sh bench)
+          (export OUT=$OUT/$backend; RUNS="$(abba $backend :lora:off)" bash benchmarks/gpu/run_unsloth.sh bench) ;;
+        axolotl|torchtune)
+          (export OUT=$OUT/$backend-warm-up; mkdir -p "$OUT"; BENCH_ARGS=$warm RUNS="$backend:direct" step_bench)
+          (export OUT=$OUT/$backend; mkdir -p "$OUT"; RUNS="$(abba $backend)" step_bench) ;;
+        *) echo "unknown backend $backend" >&2 ;;
+      esac
+      cat "$OUT/$backend/tuning_gpu.jsonl" >> "$OUT/pairs.jsonl"
+    done
+    (cd "$OUT" && tar czf pairs-logs.tgz $(ls -d */) && rm -rf $(ls -d */)) ;;
   conformance) step_conformance ;;
-  *) echo "usage: run_tuners.sh install|bench|table|repeats|conformance" >&2; exit 2 ;;
+  *) echo "usage: run_tuners.sh install|bench|table|repeats|pairs|conformance" >&2; exit 2 ;;
 esac

@@ -66,7 +66,7 @@ step_bench() {
     set -- $run
     n=$((n + 1)) log="$OUT/bench-$n-$1-$2-$3-$4.log"  # numbered: a repeated run keeps its own log
     timeout 240 python3 benchmarks/gpu/tuning_gpu.py run --backend "$1" --path "$2" --method "$3" --gc "$4" "${common[@]}" \
-      > "$log" 2>&1
+      --keep "$OUT/logs-$n-$1-$2" ${BENCH_ARGS:-} > "$log" 2>&1
     echo "$run rc=$?"; grep '^RESULT ' "$log" | sed 's/^RESULT //' | tee -a "$out" | cut -c1-400
   done
 }

@@ -98,6 +98,16 @@ def steady_step_ms(times: dict[int, float], skip: int = 10) -> float | None:
     return round(1000 * gaps[len(gaps) // 2], 2) if gaps else None
 
 
+def step_figures(times: dict[int, float], train_seconds: float, steps: int) -> dict:
+    """The steady cost per step (`step_ms`), each step's loss report in seconds after the first one's
+    (`step_times`), and what the run spent beyond `steps` steady steps (`fixed_seconds`: the first steps'
+    compilation and allocations, the save at the end): where llmkit and a direct run part, if they do."""
+    step_ms = steady_step_ms(times)
+    first = times[min(times)] if times else 0.0
+    return {"step_ms": step_ms, "step_times": [round(times[s] - first, 4) for s in sorted(times)],
+            "fixed_seconds": round(train_seconds - steps * step_ms / 1000, 3) if step_ms else None}
+
+
 def _step_clock():
     """A trainer callback taking the time each step's loss is logged (direct TRL and Unsloth)."""
     from transformers import TrainerCallback
@@ -124,7 +134,7 @@ def figures(trainer, output, start: float, clock=None) -> dict:
             # what the trainer ran with: TRL turns padding-free on for packed rows, Unsloth by itself when it is unset
             "padding_free_used": getattr(trainer, "padding_free", getattr(trainer.args, "padding_free", None)),
             "attention": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
-            "step_ms": steady_step_ms(clock.times) if clock else None}
+            **step_figures(clock.times if clock else {}, runtime, trainer.state.global_step)}
 
 
 def direct_unsloth(args, folder: Path) -> dict:
@@ -256,7 +266,7 @@ def direct_axolotl(args, folder: Path) -> dict:
     return {"train_seconds": runtime, "samples_per_second": args.steps * args.batch / runtime, "tokens_per_second": None,
             "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks and max(peaks) > 0 else None,
             "final_loss": losses[-1] if losses else None, "wall_seconds": time.perf_counter() - start,
-            "step_ms": steady_step_ms(times)}
+            **step_figures(times, runtime, args.steps)}
 
 
 def direct_torchtune(args, folder: Path) -> dict:
@@ -301,7 +311,7 @@ def direct_torchtune(args, folder: Path) -> dict:
     return {"train_seconds": runtime, "samples_per_second": steps * args.batch / runtime,
             "tokens_per_second": None, "tokens": None, "peak_bytes": int(max(peaks) * 2**30) if peaks else None,
             "final_loss": losses[-1], "wall_seconds": time.perf_counter() - start, "device": device, "llmkit": llmkit.__version__,
-            "step_ms": steady_step_ms(times)}
+            **step_figures(times, runtime, steps)}
 
 
 def _job(args, folder: Path) -> dict:
@@ -326,7 +336,15 @@ def via_llmkit(args, folder: Path) -> dict:
     return {"train_seconds": train_seconds, "samples_per_second": samples / train_seconds, "tokens_per_second": result.tokens_per_second,
             "tokens": result.train_tokens, "peak_bytes": result.peak_memory_bytes, "final_loss": next((h.loss for h in reversed(result.history) if h.loss is not None), None),
             "wall_seconds": time.perf_counter() - start, "versions": result.versions,
-            "step_ms": steady_step_ms({h.step: h.elapsed_s for h in result.history if h.loss is not None and h.step})}
+            **step_figures({h.step: h.elapsed_s for h in result.history if h.loss is not None and h.step}, train_seconds, result.steps)}
+
+
+def keep_logs(folder: Path, keep: Path) -> None:
+    import shutil
+
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in folder.rglob("*.log"):
+        shutil.copy(log, keep / "-".join(log.relative_to(folder).parts))
 
 
 def main() -> None:
@@ -351,6 +369,7 @@ def main() -> None:
     run.add_argument("--padding-free", choices=["off", "auto"], default="off",
                      help="auto: leave padding_free unset, as a user who does not pin it would (direct TRL and Unsloth only)")
     run.add_argument("--tag", default="", help="a name for this variant, copied into the RESULT line")
+    run.add_argument("--keep", type=Path, help="copy the run's own logs (axolotl's, torchtune's: *.log under its folder) here")
     args = parser.parse_args()
     if args.command == "make-model":
         make_model(args.out)
@@ -364,7 +383,11 @@ def main() -> None:
     unsloth_env = {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") and k != "UNSLOTH_DISABLE_STATISTICS"}
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         direct = {"trl": direct_trl, "unsloth": direct_unsloth, "axolotl": direct_axolotl, "torchtune": direct_torchtune}
-        figures_ = (via_llmkit if args.path == "llmkit" else direct[args.backend])(args, Path(tmp))
+        try:
+            figures_ = (via_llmkit if args.path == "llmkit" else direct[args.backend])(args, Path(tmp))
+        finally:
+            if args.keep:
+                keep_logs(Path(tmp), args.keep)
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
