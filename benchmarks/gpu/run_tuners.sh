@@ -22,7 +22,8 @@
 #             over the call falls on both paths alike), after warm-ups (the first axolotl run builds its Triton
 #             kernels): llmkit against direct, pair by pair
 #   pairs     one GPU, quiet: for each backend in PAIRS (trl, unsloth, axolotl, torchtune) a warm-up, then direct, llmkit,
-#             llmkit, direct on BENCH_ARGS (130 steps of 1,100 records); results in pairs.jsonl, logs in pairs-logs.tgz
+#             llmkit, direct on BENCH_ARGS (130 steps of 1,100 records); results in pairs.jsonl, logs in pairs-logs.tgz;
+#             trl and unsloth run through run_unsloth.sh and need its install too
 #   conformance  llmkit conformance tune -b axolotl / -b torchtune (loss falls, artifact serves, resume, bad data)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
