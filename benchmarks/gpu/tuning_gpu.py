@@ -99,9 +99,9 @@ def steady_step_ms(times: dict[int, float], skip: int = 10) -> float | None:
 
 
 def step_figures(times: dict[int, float], train_seconds: float, steps: int) -> dict:
-    """The steady cost per step (`step_ms`), each step's loss report in seconds after the first one's
-    (`step_times`), and what the run spent beyond `steps` steady steps (`fixed_seconds`: the first steps'
-    compilation and allocations, the save at the end): where llmkit and a direct run part, if they do."""
+    """The median cost per step (`step_ms`), each step's loss report in seconds after the first one's
+    (`step_times`), and the train time beyond `steps` median steps (`fixed_seconds`: before the first step and after
+    the last, stalls, and the gap between the mean and the median step, since padded lengths vary)."""
     step_ms = steady_step_ms(times)
     first = times[min(times)] if times else 0.0
     return {"step_ms": step_ms, "step_times": [round(times[s] - first, 4) for s in sorted(times)],
@@ -336,7 +336,8 @@ def via_llmkit(args, folder: Path) -> dict:
     return {"train_seconds": train_seconds, "samples_per_second": samples / train_seconds, "tokens_per_second": result.tokens_per_second,
             "tokens": result.train_tokens, "peak_bytes": result.peak_memory_bytes, "final_loss": next((h.loss for h in reversed(result.history) if h.loss is not None), None),
             "wall_seconds": time.perf_counter() - start, "versions": result.versions,
-            **step_figures({h.step: h.elapsed_s for h in result.history if h.loss is not None and h.step}, train_seconds, result.steps)}
+            **step_figures({h.step: h.elapsed_s for h in result.history if h.loss is not None and h.step}, train_seconds,
+                           result.steps - (result.resumed_from_step or 0))}
 
 
 def keep_logs(folder: Path, keep: Path) -> None:
@@ -387,7 +388,10 @@ def main() -> None:
             figures_ = (via_llmkit if args.path == "llmkit" else direct[args.backend])(args, Path(tmp))
         finally:
             if args.keep:
-                keep_logs(Path(tmp), args.keep)
+                try:
+                    keep_logs(Path(tmp), args.keep)
+                except OSError as exc:  # never in place of the run's own error
+                    print(f"keeping the logs failed: {exc}", file=sys.stderr)
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
