@@ -311,7 +311,8 @@ class TokenLogprob(LLMKitModel):
     token: str
     logprob: float = Field(description="A log-probability: <= 0 up to rounding. Not clamped: a positive value is a bug to see.")
     rank: int | None = Field(None, ge=1, description="How many tokens were at least as likely, itself included (1: the top choice), "
-                               "as vLLM's sampler counts; a token tied exactly with others may come back as 1 or behind them.")
+                               "as vLLM's sampler counts; a token tied exactly with others may come back as 1 or behind them (TensorRT-LLM "
+                               "counts only the more likely tokens for a token outside its top k).")
     top: dict[int, float] = Field(default_factory=dict, description="Top alternatives: token id → logprob.")
 
 
